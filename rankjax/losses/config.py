@@ -1,0 +1,55 @@
+"""Configuration of the token-weighting losses, and its validation."""
+
+from __future__ import annotations
+
+import ml_collections
+
+SCHEMES = ("sft", "dft", "talr", "eaft", "ranktuner")
+FORMS = ("exact", "bound")
+BASES = ("prob", "uniform")
+EXPECTED_RANK_METHODS = ("sort",)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the loss config: RankTuner, exact form, probability base (the paper's math recipe)."""
+  config = ml_collections.ConfigDict()
+  config.name = "ranktuner"  # one of SCHEMES
+  config.form = "exact"  # RankTuner: "exact" uses E[R_t]; "bound" the sort-free surrogate
+  config.base = "prob"  # RankTuner base weight b_t: "prob" (p_t) or "uniform" (1)
+  config.expected_rank = "sort"  # how E[R_t] is computed; "sort" is exact
+  config.eaft_top_k = 20
+  config.eaft_alpha = 1.0
+  config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
+  config.talr_normalize = True  # TALR weights rescaled to mean 1 over supervised tokens
+  # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
+  # dashboard even when the scheme does not need it.
+  config.diagnostics = True
+  return config
+
+
+def _check_choice(config, field, allowed):
+  value = config[field]
+  if value not in allowed:
+    raise ValueError(f"loss config: {field}={value!r} is not one of {allowed}")
+
+
+def validate_config(config) -> None:
+  """Raises ValueError naming the field if `config` is not a valid loss config."""
+  missing = [k for k in default_config().keys() if k not in config]
+  if missing:
+    raise ValueError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
+  _check_choice(config, "name", SCHEMES)
+  _check_choice(config, "form", FORMS)
+  _check_choice(config, "base", BASES)
+  _check_choice(config, "expected_rank", EXPECTED_RANK_METHODS)
+  if int(config.eaft_top_k) < 2:
+    raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
+  if not float(config.eaft_alpha) > 0:
+    raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
+  if not float(config.talr_min_tau) > 0:
+    raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
+
+
+def needs_expected_rank(config) -> bool:
+  """Whether the weights (or the diagnostics) need E[R_t], the expensive statistic."""
+  return bool(config.diagnostics) or (config.name == "ranktuner" and config.form == "exact")

@@ -1,0 +1,150 @@
+"""The reduction: sum_t m_t w_t (-log p_t) / (supervised tokens of the global batch)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rankjax.losses import global_reduce
+from rankjax.losses.config import needs_expected_rank, validate_config
+from rankjax.losses.stats import TokenStats, token_stats
+from rankjax.losses.weights import TalrContext, ranktuner_weight, scheme_weight, talr_context
+
+# How aux scalars of gradient-accumulation micro-steps combine into the full batch's.
+# Means are already divided by the global token count, so they add up.
+AUX_KEEP = ("tokens", "talr_tau")
+AUX_MAX = ("max_weight",)
+
+
+@struct.dataclass
+class BatchContext:
+  """Constants of the whole global batch, shared by all its micro-steps and devices.
+
+  num_tokens: supervised tokens of the global batch (float32 scalar), the loss denominator.
+  talr: TALR's temperature and normaliser (None for other schemes).
+  """
+
+  num_tokens: jax.Array
+  talr: TalrContext | None = None
+
+
+def batch_context(log_prob: jax.Array, mask: jax.Array, config, axis_name=None) -> BatchContext:
+  """Builds the `BatchContext` from the log-probs and mask of the *whole* global batch.
+
+  Gradient accumulation calls this once on every micro-step's (forward-only) log p_t,
+  so TALR's median and the token count span all micro-steps.
+  """
+  talr = None
+  if config.name == "talr":
+    talr = talr_context(log_prob, mask, config.talr_min_tau, config.talr_normalize, axis_name)
+  return BatchContext(num_tokens=global_reduce.global_sum(mask > 0, axis_name), talr=talr)
+
+
+def check_targets(targets, vocab_size: int, where: str = "targets") -> None:
+  """Raises ValueError naming the first out-of-range target id (concrete arrays only; tracers pass)."""
+  if isinstance(targets, jax.core.Tracer):
+    return
+  t = np.asarray(targets)
+  bad = np.argwhere((t < 0) | (t >= vocab_size))
+  if bad.size:
+    idx = tuple(int(i) for i in bad[0])
+    raise ValueError(f"{where}: token id {int(t[idx])} at index {idx} is outside [0, {vocab_size})")
+
+
+def _stats_and_weights(logits, targets, mask, config, axis_name, context):
+  validate_config(config)
+  if mask.shape != targets.shape:
+    raise ValueError(f"loss mask shape {mask.shape} differs from targets shape {targets.shape}")
+  check_targets(targets, logits.shape[-1])
+  stats = token_stats(logits, targets, with_expected_rank=needs_expected_rank(config))
+  if context is None:
+    context = batch_context(stats.log_prob, mask, config, axis_name)
+  w = scheme_weight(stats, logits, config, context.talr)
+  w = jnp.where(mask > 0, w, 0.0)
+  return stats, w, context
+
+
+def token_weights(logits: jax.Array, targets: jax.Array, mask: jax.Array, config, axis_name=None,
+                  context: BatchContext | None = None) -> jax.Array:
+  """Stop-gradient weights w_t of `config.name`, float32 [..., T], 0 where `mask` is 0.
+
+  `logits` [..., T, V] score aligned `targets` [..., T]; `axis_name` as in `weighted_loss`.
+  """
+  return _stats_and_weights(logits, targets, mask, config, axis_name, context)[1]
+
+
+def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
+  m = (mask > 0)
+  n = jnp.maximum(context.num_tokens, 1.0)
+
+  def mean(x):
+    return global_reduce.global_sum(jnp.where(m, x, 0.0), axis_name) / n
+
+  aux = {
+      "tokens": context.num_tokens,
+      "mean_weight": mean(w),
+      "max_weight": global_reduce.global_max(jnp.where(m, w, 0.0), axis_name),
+      "frac_weight_gt1": mean((w > 1.0).astype(jnp.float32)),
+      "mean_nll": mean(nll),
+      "mean_prob": mean(jnp.exp(-nll)),
+      "mean_rank": mean(stats.rank.astype(jnp.float32)),
+      "frac_rank1": mean((stats.rank == 1).astype(jnp.float32)),
+      "mean_entropy_bits": mean(stats.entropy_bits),
+  }
+  if stats.expected_rank is not None:
+    aux["mean_expected_rank"] = mean(stats.expected_rank)
+  if config.diagnostics:
+    aux["mean_ranktuner_weight"] = mean(ranktuner_weight(stats, config.form, config.base))
+  if context.talr is not None:
+    aux["talr_tau"] = context.talr.tau
+  return jax.tree.map(jax.lax.stop_gradient, aux)
+
+
+def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config, axis_name=None,
+                  context: BatchContext | None = None) -> tuple[jax.Array, dict]:
+  """Weighted cross-entropy L = sum(m w nll) / sum(m) over the global batch, in nats per token.
+
+  Args:
+    logits: [..., T, V], any float dtype (reduced in float32); position t scores targets[t].
+    targets: [..., T] integer ids in [0, V).
+    mask: [..., T] loss mask (1 on supervised response tokens).
+    config: a loss config (`default_config()`), validated here.
+    axis_name: mapped axis name(s) of `pmap`/`shard_map` over which the batch is split;
+      both sums (and TALR's median) then span all devices.
+    context: precomputed `BatchContext` (gradient accumulation); by default built from this batch.
+
+  Returns:
+    (loss, aux). `loss` is the global loss on every device, 0 when no token is supervised.
+    Its gradient w.r.t. this device's logits is w (softmax - onehot) / N, the exact
+    derivative of the global loss, so parameter gradients are summed over devices by the
+    caller (`lax.psum`), as usual for data parallelism. `aux` holds stop-gradient scalars:
+    tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, mean_rank,
+    frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau.
+  """
+  stats, w, context = _stats_and_weights(logits, targets, mask, config, axis_name, context)
+  nll = -stats.log_prob
+  n = jnp.maximum(context.num_tokens, 1.0)
+  local = jnp.sum(jnp.where(mask > 0, w * nll, 0.0)) / n
+  if axis_name is None:
+    loss = local
+  else:
+    total = jax.lax.psum(jax.lax.stop_gradient(local), axis_name)
+    loss = local + jax.lax.stop_gradient(total - local)
+  aux = _aux(stats, w, jax.lax.stop_gradient(nll), mask, config, axis_name, context)
+  aux["loss"] = jax.lax.stop_gradient(loss)
+  return loss, aux
+
+
+def accumulate_aux(total: dict, step: dict) -> dict:
+  """Combines the aux of one more micro-step into `total` (sum of global means, max, or keep)."""
+  out = {}
+  for k, v in step.items():
+    if k in AUX_KEEP:
+      out[k] = v
+    elif k in AUX_MAX:
+      out[k] = jnp.maximum(total[k], v)
+    else:
+      out[k] = total[k] + v
+  return out

@@ -1,0 +1,114 @@
+"""Token weights w_t of each scheme: pure, elementwise or global-batch functions of the statistics.
+
+Every function here returns stop-gradient float32 weights of the statistics' shape; the
+caller masks them. Formulas follow ../shared/spec/ranktuner.md sections 3-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from rankjax.losses import global_reduce
+from rankjax.losses.stats import TokenStats
+
+
+def rank_utility(x: jax.Array) -> jax.Array:
+  """f(x) = 1 / log2(x + 1): decreasing in x, f(1) = 1."""
+  return jnp.log(2.0) / jnp.log1p(x)
+
+
+def ranktuner_scale_exact(rank: jax.Array, expected_rank: jax.Array) -> jax.Array:
+  """Relative Scale S_t = 1 / I_t = 2^(f(E[R_t]) - f(R_t)), in (1/2, 2)."""
+  rank = rank.astype(jnp.float32)
+  return jnp.exp2(rank_utility(expected_rank) - rank_utility(rank))
+
+
+def ranktuner_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank: jax.Array) -> jax.Array:
+  """Sort-free surrogate S_t = (p_t s(H_t))^(-K_t), s(H) = 2^(H-2) + 1, K_t = log2(max(R_t, s) + 1)^-2."""
+  s = jnp.exp2(entropy_bits - 2.0) + 1.0
+  xi = jnp.maximum(rank.astype(jnp.float32), s)
+  k = jnp.log2(xi + 1.0) ** -2
+  return jnp.exp(-k * (log_prob + jnp.log(s)))
+
+
+def ranktuner_weight(stats: TokenStats, form: str, base: str) -> jax.Array:
+  """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient."""
+  log_prob = jax.lax.stop_gradient(stats.log_prob)
+  if form == "exact":
+    if stats.expected_rank is None:
+      raise ValueError("ranktuner form='exact' needs expected_rank in the token statistics")
+    scale = ranktuner_scale_exact(stats.rank, stats.expected_rank)
+  else:
+    scale = ranktuner_scale_bound(log_prob, stats.entropy_bits, stats.rank)
+  b = jnp.exp(log_prob) if base == "prob" else 1.0
+  return jax.lax.stop_gradient(b * scale)
+
+
+def topk_entropy_nats(logits: jax.Array, k: int) -> jax.Array:
+  """Entropy (nats) of the softmax renormalised over the min(k, V) largest logits; [..., T]."""
+  k = min(int(k), logits.shape[-1])
+  top, _ = jax.lax.top_k(jax.lax.stop_gradient(logits).astype(jnp.float32), k)
+  log_q = jax.nn.log_softmax(top, axis=-1)
+  return -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
+
+
+def eaft_weight(logits: jax.Array, top_k: int, alpha: float) -> jax.Array:
+  """EAFT weight (H^topK_t / ln K)^alpha, K = min(top_k, V); stop-gradient."""
+  k = min(int(top_k), logits.shape[-1])
+  h = topk_entropy_nats(logits, k)
+  return jax.lax.stop_gradient((h / math.log(k)) ** alpha)
+
+
+@struct.dataclass
+class TalrContext:
+  """TALR's global-batch constants: temperature tau (nats) and log of the mean raw weight."""
+
+  tau: jax.Array
+  log_mean_weight: jax.Array
+
+
+def talr_context(log_prob: jax.Array, mask: jax.Array, min_tau: float, normalize: bool,
+                 axis_name=None) -> TalrContext:
+  """tau = max(median NLL over the global batch's supervised tokens, min_tau), and the
+  log of the global mean of p_t^(1/tau) over supervised tokens (0 if not `normalize`)."""
+  log_prob = jax.lax.stop_gradient(log_prob).astype(jnp.float32)
+  tau = jnp.maximum(global_reduce.global_masked_median(-log_prob, mask, axis_name), min_tau)
+  if not normalize:
+    return TalrContext(tau=tau, log_mean_weight=jnp.zeros((), jnp.float32))
+  m = mask > 0
+  a = jnp.where(m, log_prob / tau, -jnp.inf)
+  a_max = global_reduce.global_max(a, axis_name)
+  a_max = jnp.where(jnp.isfinite(a_max), a_max, 0.0)
+  total = global_reduce.global_sum(jnp.where(m, jnp.exp(a - a_max), 0.0), axis_name)
+  count = global_reduce.global_sum(m, axis_name)
+  log_mean = jnp.where(count > 0, jnp.log(jnp.maximum(total, 1e-30)) - jnp.log(jnp.maximum(count, 1.0)) + a_max, 0.0)
+  return TalrContext(tau=tau, log_mean_weight=log_mean)
+
+
+def talr_weight(log_prob: jax.Array, context: TalrContext) -> jax.Array:
+  """TALR weight p_t^(1/tau) / mean_supervised(p^(1/tau)), stop-gradient."""
+  log_prob = jax.lax.stop_gradient(log_prob).astype(jnp.float32)
+  return jax.lax.stop_gradient(jnp.exp(log_prob / context.tau - context.log_mean_weight))
+
+
+def scheme_weight(stats: TokenStats, logits: jax.Array, config, talr: TalrContext | None) -> jax.Array:
+  """Unmasked weight of `config.name` at every position; stop-gradient float32 [..., T]."""
+  name = config.name
+  log_prob = jax.lax.stop_gradient(stats.log_prob)
+  if name == "sft":
+    w = jnp.ones_like(log_prob)
+  elif name == "dft":
+    w = jnp.exp(log_prob)
+  elif name == "talr":
+    w = talr_weight(log_prob, talr)
+  elif name == "eaft":
+    w = eaft_weight(logits, config.eaft_top_k, config.eaft_alpha)
+  elif name == "ranktuner":
+    w = ranktuner_weight(stats, config.form, config.base)
+  else:
+    raise ValueError(f"unknown loss scheme {name!r}")
+  return jax.lax.stop_gradient(w)

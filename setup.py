@@ -1,0 +1,40 @@
+"""rankjax: token-level loss reweighting (RankTuner and baselines) for SFT of LLMs in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rankjax",
+    version="0.1.0",
+    description="JAX/Flax supervised fine-tuning with token-level loss reweighting (RankTuner, DFT, TALR, EAFT).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["rankjax", "rankjax.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "ml_collections>=1.1.0",
+        "absl-py>=2.0",
+        "grain>=0.2.18",
+        "tensorflow-datasets>=4.9.10",
+        "importlib_resources>=6.0",
+        "tokenizers>=0.23",
+        "safetensors>=0.8",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "hypothesis>=6.100",
+            "torch==2.13.0",
+            "transformers>=4.50",
+        ],
+        "dev": ["ruff", "ipykernel"],
+    },
+)
