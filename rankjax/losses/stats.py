@@ -42,12 +42,28 @@ def _check_shapes(logits, targets):
     raise TypeError(f"token_stats: targets must be integer token ids, got {targets.dtype}")
 
 
+def _sortable_int_keys(x: jax.Array) -> jax.Array:
+  """int32 keys ordered like the float32 values (an involution: applying it twice gives the bits back).
+
+  XLA:CPU sorts int32 about 6x faster than float32 (measured at [3072, 512]), so rows are
+  sorted as these keys and mapped back.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+  return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
+
+
+def sort_rows(x: jax.Array) -> jax.Array:
+  """float32 rows of `x` sorted ascending along the last axis (same values as jnp.sort)."""
+  keys = jnp.sort(_sortable_int_keys(x), axis=-1)
+  return jax.lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys), jnp.float32)
+
+
 def expected_rank_by_sort(logits: jax.Array, lse: jax.Array) -> jax.Array:
-  """E[R] = sum_k k * p_(k) from a descending sort of each row. Returns [...] float32."""
-  desc = -jnp.sort(-logits, axis=-1)
-  probs = jnp.exp(desc - lse[..., None])
-  k = jnp.arange(1, logits.shape[-1] + 1, dtype=jnp.float32)
-  return jnp.sum(probs * k, axis=-1)
+  """E[R] = sum_k k * p_(k) (p_(k): k-th largest probability) from a sort of each row; [...] float32."""
+  ascending = sort_rows(logits)
+  probs = jnp.exp(ascending - lse[..., None])
+  k_desc = jnp.arange(logits.shape[-1], 0, -1, dtype=jnp.float32)
+  return jnp.sum(probs * k_desc, axis=-1)
 
 
 def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True) -> TokenStats:

@@ -1,0 +1,1 @@
+"""Data: synthetic arithmetic word problems, a small byte-level BPE tokenizer, and SFT batching."""

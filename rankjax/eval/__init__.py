@@ -1,0 +1,1 @@
+"""Evaluation: greedy decoding with a KV cache and exact-match answer accuracy."""

@@ -1,0 +1,27 @@
+"""Launches a run: python -m rankjax.main --config=configs/NAME.py --workdir=DIR [--config.key=value ...].
+
+Relaunching with the same workdir resumes from the latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints, results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  if config.job == "demo":
+    from rankjax import demo
+    demo.run(config, _WORKDIR.value)
+  else:
+    from rankjax.train.loop import train
+    train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,36 @@
+"""Llama-style decoder-only transformers in Flax Linen."""
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import ml_collections
+
+from rankjax.models.config import default_config, validate_config
+from rankjax.models.decoder import DecoderLayer, Transformer, init_cache
+
+
+def build_model(config) -> Transformer:
+  """Validates `config` (a model ConfigDict) and returns the Flax module (hashable: its config is frozen)."""
+  validate_config(config)
+  return Transformer(ml_collections.FrozenConfigDict(config))
+
+
+def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8):
+  """Initialises parameters (unboxed: plain arrays; `nn.get_partition_spec` of the boxed
+  tree gives logical axes)."""
+  variables = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))
+  return nn.meta.unbox(variables["params"])
+
+
+def logical_axes(model: Transformer, seq_len: int = 8):
+  """Pytree of logical axis names (PartitionSpec of logical names) for each parameter."""
+  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
+  return nn.get_partition_spec(abstract)["params"]
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+__all__ = ["default_config", "validate_config", "Transformer", "DecoderLayer", "init_cache", "build_model", "init_params",
+           "logical_axes", "count_params"]

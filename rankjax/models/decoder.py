@@ -1,0 +1,98 @@
+"""The Llama-style decoder-only transformer."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rankjax.models import config as model_config
+from rankjax.models.attention import Attention
+from rankjax.models.embedding import Embed
+from rankjax.models.masks import attention_mask
+from rankjax.models.mlp import SwiGLU
+from rankjax.models.norm import RMSNorm
+from rankjax.models.rope import rotary_angles
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Returns x, or (x, kv) with a cache."""
+
+  config: object
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, kv_cache=None):
+    c = self.config
+    dtype, pdtype = model_config.resolve_dtype(c.dtype), model_config.resolve_dtype(c.param_dtype)
+    h = RMSNorm(c.norm_eps, dtype, pdtype, name="attn_norm")(x)
+    attn = Attention(c.num_heads, c.num_kv_heads, model_config.head_dim(c), c.qkv_bias, c.init_std, dtype, pdtype,
+                     name="attn")(h, cos, sin, mask, kv_cache)
+    attn, kv = (attn, None) if kv_cache is None else attn
+    x = x + attn
+    h = RMSNorm(c.norm_eps, dtype, pdtype, name="mlp_norm")(x)
+    x = x + SwiGLU(c.mlp_dim, c.init_std, dtype, pdtype, name="mlp")(h)
+    return x if kv_cache is None else (x, kv)
+
+
+def init_cache(config, batch: int, max_len: int, dtype=jnp.float32) -> dict:
+  """An empty KV cache for `max_len` slots: k/v [layers, B, S, kv_heads, head_dim], key segment ids, index 0."""
+  shape = (config.num_layers, batch, max_len, config.num_kv_heads, model_config.head_dim(config))
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+          "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+
+
+class Transformer(nn.Module):
+  """Decoder-only LM. `__call__(input_ids, positions=None, segment_ids=None)` returns logits [B, T, V].
+
+  `segment_ids` [B, T] mark packed sequences (attention never crosses a segment) and padding
+  (id 0, never attended to); by default every token is in segment 1. `positions` default
+  to 0..T-1. With `return_hidden=True` it returns (final hidden states [B, T, D], LM-head
+  kernel [D, V]) instead, for losses that fuse the output projection. With `cache`
+  (from `init_cache`) the tokens are appended at cache["index"] and the call returns
+  (logits, updated cache): incremental decoding.
+  """
+
+  config: object
+
+  @nn.compact
+  def __call__(self, input_ids, positions=None, segment_ids=None, return_hidden: bool = False, cache=None):
+    c = self.config
+    if input_ids.ndim != 2:
+      raise ValueError(f"Transformer: input_ids must be [batch, seq], got shape {input_ids.shape}")
+    dtype, pdtype = model_config.resolve_dtype(c.dtype), model_config.resolve_dtype(c.param_dtype)
+    b, t = input_ids.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    if segment_ids is None:
+      segment_ids = jnp.ones((b, t), jnp.int32)
+    embed = Embed(c.vocab_size, c.hidden_size, c.init_std, dtype, pdtype, name="embed")
+    x = embed(input_ids)
+    cos, sin = rotary_angles(positions, model_config.head_dim(c), c.rope_theta)
+    if cache is None:
+      mask = attention_mask(segment_ids)
+    else:
+      index = cache["index"]
+      kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+      mask = attention_mask(segment_ids, kv_segments, index)
+      new_k, new_v = [], []
+    layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
+    for i in range(c.num_layers):
+      layer = layer_cls(c, name=f"layer_{i}")
+      if cache is None:
+        x = layer(x, cos, sin, mask)
+      else:
+        x, (k, v) = layer(x, cos, sin, mask, (cache["k"][i], cache["v"][i], index))
+        new_k.append(k)
+        new_v.append(v)
+    x = RMSNorm(c.norm_eps, dtype, pdtype, name="final_norm")(x)
+    if c.tie_embeddings:
+      kernel = embed.embedding.T
+    else:
+      kernel = self.param("lm_head", nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("embed", "vocab")),
+                          (c.hidden_size, c.vocab_size), pdtype)
+    if return_hidden:
+      return x, kernel
+    logits = x @ kernel.astype(dtype)
+    if cache is None:
+      return logits
+    return logits, {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": kv_segments, "index": index + t}

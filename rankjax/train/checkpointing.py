@@ -1,0 +1,62 @@
+"""Orbax checkpoints in WORKDIR/checkpoints: params, optimizer state and step, saved as separate items
+so that fine-tuning can restore the parameters of another run alone."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+                               item_names=("params", "opt_state", "meta"))
+
+
+def save(manager: ocp.CheckpointManager, state, extra_meta: dict | None = None) -> None:
+  """Saves `state` (a TrainState) at its step; blocks until written so a crash never loses it."""
+  step = int(jax.device_get(state.step))
+  meta = {"step": step, **(extra_meta or {})}
+  manager.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+      meta=ocp.args.JsonSave(meta)))
+  manager.wait_until_finished()
+
+
+def _restore(manager, step, **items):
+  try:
+    return manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # orbax raises a variety of types for damaged files
+    path = os.path.join(str(manager.directory), str(step))
+    raise RuntimeError(f"checkpoint at {path} could not be restored ({type(e).__name__}: {e}). "
+                       f"It may be corrupt or from an incompatible config; move it aside to resume from an "
+                       f"earlier step, or use a new workdir.") from e
+
+
+def restore_latest(manager: ocp.CheckpointManager, state):
+  """Returns (state restored from the latest step, that step's meta), or (state, None) if there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state, None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": state.params, "opt_state": state.opt_state})
+  out = _restore(manager, step, params=ocp.args.StandardRestore(abstract["params"]),
+                 opt_state=ocp.args.StandardRestore(abstract["opt_state"]), meta=ocp.args.JsonRestore())
+  state = state.replace(step=jax.numpy.asarray(out["meta"]["step"], state.step.dtype), params=out["params"],
+                        opt_state=out["opt_state"])
+  return state, dict(out["meta"])
+
+
+def restore_params(checkpoint_dir: str, like_params):
+  """Parameters of the latest checkpoint in `checkpoint_dir` (a run's workdir or its checkpoints/)."""
+  directory = checkpoint_dir if os.path.basename(os.path.normpath(checkpoint_dir)) == "checkpoints" else os.path.join(checkpoint_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init_from: no checkpoint directory at {directory}")
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta"))
+  step = manager.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"init_from: {directory} holds no finished checkpoint")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)
+  return _restore(manager, step, params=ocp.args.StandardRestore(abstract))["params"]

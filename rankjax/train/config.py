@@ -1,0 +1,44 @@
+"""The top-level run config shared by configs/*.py: model, data, loss, optimizer and the loop's fields."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from rankjax import losses, models
+from rankjax.data import sources
+from rankjax.train import optimizer
+
+JOBS = ("train", "demo")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns an unlocked config with every field a run reads; configs/*.py adjust and lock it."""
+  c = ml_collections.ConfigDict()
+  c.job = "train"  # "train": one run; "demo": the end-to-end comparison of rankjax.demo
+  c.model = models.default_config()
+  c.data = sources.default_config()
+  c.loss = losses.default_config()
+  c.optimizer = optimizer.default_config()
+  c.total_steps = 100
+  c.grad_accum_steps = 1
+  c.log_every = 10
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 3
+  c.seed = 0  # parameter init
+  c.init_from = ""  # a workdir (or its checkpoints/) whose latest params initialise this run
+  c.progress = True  # live progress line on stderr
+  return c
+
+
+def validate(config) -> None:
+  """Raises ValueError naming the field for values no run can use (before any compile)."""
+  if config.job not in JOBS:
+    raise ValueError(f"config.job={config.job!r} is not one of {JOBS}")
+  losses.validate_config(config.loss)
+  models.validate_config(config.model)
+  for field in ("total_steps", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+    if int(config[field]) <= 0:
+      raise ValueError(f"config.{field}={config[field]} must be positive")
+  if config.data.batch_size % config.grad_accum_steps:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
+                     f"config.grad_accum_steps={config.grad_accum_steps}")

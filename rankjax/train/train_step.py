@@ -1,0 +1,68 @@
+"""The jit-able train step: gradient accumulation over micro-steps with global-batch token normalisation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from rankjax import losses
+
+BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+
+
+def model_logits(model, params, micro: dict) -> jax.Array:
+  """Logits [b, T, V] of one micro-batch."""
+  return model.apply({"params": params}, micro["inputs"], positions=micro["positions"],
+                     segment_ids=micro["segment_ids"])
+
+
+def make_train_step(model, loss_config, schedule: optax.Schedule):
+  """Returns step(state, batch) -> (state, metrics).
+
+  `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
+  gradient is that of the loss over all A*b sequences: every micro-step divides by the
+  supervised-token count of the whole batch, and TALR's median is taken over the whole
+  batch in a forward-only pre-pass. A step whose loss or gradient is not finite leaves
+  the state unchanged and reports `nonfinite = 1`.
+  """
+  losses.validate_config(loss_config)
+
+  def micro_loss(params, micro, context):
+    return losses.weighted_loss(model_logits(model, params, micro), micro["targets"], micro["loss_mask"],
+                                loss_config, context=context)
+
+  def context_of(params, batch):
+    if loss_config.name != "talr":
+      return losses.BatchContext(num_tokens=jnp.sum(batch["loss_mask"] > 0).astype(jnp.float32))
+    log_probs = jax.lax.map(
+        lambda micro: losses.token_stats(model_logits(model, params, micro), micro["targets"],
+                                         with_expected_rank=False).log_prob, batch)
+    return losses.batch_context(log_probs, batch["loss_mask"], loss_config)
+
+  def step(state: train_state.TrainState, batch: dict):
+    batch = {k: batch[k] for k in BATCH_KEYS}
+    params = state.params
+    context = context_of(params, batch)
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    first = jax.tree.map(lambda x: x[0], batch)
+    (_, aux0), grads0 = grad_fn(params, first, context)
+
+    def body(carry, micro):
+      grads, aux = carry
+      (_, aux_i), grads_i = grad_fn(params, micro, context)
+      return (jax.tree.map(jnp.add, grads, grads_i), losses.accumulate_aux(aux, aux_i)), None
+
+    rest = jax.tree.map(lambda x: x[1:], batch)
+    (grads, aux), _ = jax.lax.scan(body, (grads0, aux0), rest)
+
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+    new_state = state.apply_gradients(grads=grads)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   nonfinite=1.0 - finite.astype(jnp.float32))
+    return new_state, metrics
+
+  return step
