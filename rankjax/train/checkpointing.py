@@ -44,7 +44,7 @@ def restore_latest(manager: ocp.CheckpointManager, state):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": state.params, "opt_state": state.opt_state})
   out = _restore(manager, step, params=ocp.args.StandardRestore(abstract["params"]),
                  opt_state=ocp.args.StandardRestore(abstract["opt_state"]), meta=ocp.args.JsonRestore())
-  state = state.replace(step=jax.numpy.asarray(out["meta"]["step"], state.step.dtype), params=out["params"],
+  state = state.replace(step=jax.numpy.asarray(out["meta"]["step"], jax.numpy.int32), params=out["params"],
                         opt_state=out["opt_state"])
   return state, dict(out["meta"])
 

@@ -24,7 +24,7 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
   gradient is that of the loss over all A*b sequences: every micro-step divides by the
   supervised-token count of the whole batch, and TALR's median is taken over the whole
-  batch in a forward-only pre-pass. A step whose loss or gradient is not finite leaves
+  batch in a forward-only pre-pass. A step whose loss, gradient or updated parameters are not finite leaves
   the state unchanged and reports `nonfinite = 1`.
   """
   losses.validate_config(loss_config)
@@ -57,9 +57,10 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
     rest = jax.tree.map(lambda x: x[1:], batch)
     (grads, aux), _ = jax.lax.scan(body, (grads0, aux0), rest)
 
-    grad_norm = optax.global_norm(grads)
-    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+    grad_norm = optax.tree.norm(grads)
     new_state = state.apply_gradients(grads=grads)
+    finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+              & jnp.isfinite(optax.tree.norm(new_state.params)))
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state.step),
                    nonfinite=1.0 - finite.astype(jnp.float32))

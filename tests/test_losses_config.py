@@ -1,0 +1,214 @@
+"""Loss config validation, input checks, and jit / vmap compatibility of rankjax.losses."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rankjax import losses
+
+V = 11
+
+CONFIGS = {
+    "sft": {"name": "sft"},
+    "dft": {"name": "dft"},
+    "talr": {"name": "talr"},
+    "eaft": {"name": "eaft", "eaft_top_k": 4, "eaft_alpha": 1.5},
+    "ranktuner_exact_prob": {"name": "ranktuner", "form": "exact", "base": "prob"},
+    "ranktuner_bound_uniform": {"name": "ranktuner", "form": "bound", "base": "uniform",
+                                "diagnostics": False},
+}
+
+
+def make_config(**overrides):
+  c = losses.default_config()
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _inputs(shape=(3, 4, 5), seed=0):
+  """logits [*shape, V], targets, partial mask (every leading slice has a supervised token)."""
+  rng = np.random.default_rng(seed)
+  logits = jnp.asarray(2.0 * rng.standard_normal(shape + (V,)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, V, size=shape), jnp.int32)
+  mask = (rng.random(shape) < 0.7).astype(np.float32)
+  mask[..., 0] = 1.0
+  return logits, targets, jnp.asarray(mask)
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_default_config_is_valid_and_matches_spec_defaults():
+  c = losses.default_config()
+  losses.validate_config(c)
+  assert (c.name, c.form, c.base) == ("ranktuner", "exact", "prob")  # spec sections 3-4
+  assert c.eaft_top_k == 20 and c.eaft_alpha == 1.0  # spec section 5
+  assert c.talr_normalize is True
+
+
+@pytest.mark.parametrize("config_id", list(CONFIGS))
+def test_every_test_config_is_valid(config_id):
+  losses.validate_config(make_config(**CONFIGS[config_id]))
+
+
+BAD = [
+    ("name", "ranktunr"),
+    ("name", "SFT"),
+    ("form", "approx"),
+    ("base", "ones"),
+    ("expected_rank", "histogram"),
+    ("eaft_top_k", 1),
+    ("eaft_top_k", 0),
+    ("eaft_alpha", 0.0),
+    ("talr_min_tau", 0.0),
+    ("talr_min_tau", -1.0),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD, ids=[f"{f}={v!r}" for f, v in BAD])
+def test_invalid_field_raises_value_error_naming_it(field, value):
+  config = make_config(**{field: value})
+  with pytest.raises(ValueError, match=re.escape(field)):
+    losses.validate_config(config)
+  logits, targets, mask = _inputs()
+  # every entry point validates, whatever the scheme (an invalid `form` is an error even for sft)
+  with pytest.raises(ValueError, match=re.escape(field)):
+    losses.weighted_loss(logits, targets, mask, config)
+  with pytest.raises(ValueError, match=re.escape(field)):
+    losses.token_weights(logits, targets, mask, config)
+
+
+@pytest.mark.parametrize("field", list(losses.default_config().keys()))
+def test_missing_field_raises_value_error_naming_it(field):
+  d = losses.default_config().to_dict()
+  del d[field]
+  config = ml_collections.ConfigDict(d)
+  with pytest.raises(ValueError, match=re.escape(field)):
+    losses.validate_config(config)
+  logits, targets, mask = _inputs()
+  with pytest.raises(ValueError, match=re.escape(field)):
+    losses.weighted_loss(logits, targets, mask, config)
+
+
+# ----------------------------------------------------------------------------- input checks
+
+
+def test_mask_shape_mismatch_raises():
+  logits, targets, mask = _inputs()
+  config = losses.default_config()
+  for bad in (mask[..., :-1], mask[0], mask[..., None]):
+    with pytest.raises(ValueError, match="mask"):
+      losses.weighted_loss(logits, targets, bad, config)
+    with pytest.raises(ValueError, match="mask"):
+      losses.token_weights(logits, targets, bad, config)
+
+
+def test_logits_targets_shape_mismatch_raises():
+  logits, targets, mask = _inputs()
+  with pytest.raises(ValueError):
+    losses.token_stats(logits[..., :-1, :], targets)
+  with pytest.raises(ValueError):
+    losses.weighted_loss(logits[:, :-1], targets, mask, losses.default_config())
+
+
+def test_float_targets_rejected():
+  logits, targets, _ = _inputs()
+  with pytest.raises(TypeError):
+    losses.token_stats(logits, targets.astype(jnp.float32))
+
+
+@pytest.mark.parametrize("bad_id,index", [(V, (1, 2, 3)), (-1, (0, 0, 0)), (10**6, (2, 3, 4))])
+def test_out_of_range_target_raises_naming_index(bad_id, index):
+  logits, targets, mask = _inputs()
+  targets = targets.at[index].set(bad_id)
+  idx = re.escape(str(index))
+  with pytest.raises(ValueError, match=idx):
+    losses.weighted_loss(logits, targets, mask, losses.default_config())
+  with pytest.raises(ValueError, match=idx):
+    losses.token_weights(logits, targets, mask, make_config(name="sft"))
+  with pytest.raises(ValueError, match=idx):
+    losses.check_targets(np.asarray(targets), V)
+  # also for a numpy array and a masked-out position (an invalid id is an error anywhere)
+  mask = mask.at[index].set(0.0)
+  with pytest.raises(ValueError, match=idx):
+    losses.weighted_loss(logits, np.asarray(targets), mask, losses.default_config())
+
+
+def test_check_targets_accepts_valid_and_tracers():
+  _, targets, _ = _inputs()
+  losses.check_targets(targets, V)  # no error
+  losses.check_targets(np.array([0, V - 1]), V)
+  jax.jit(lambda t: losses.check_targets(t, 3) or t)(targets)  # tracers pass silently
+
+
+# ---------------------------------------------------------------------------- jit / vmap
+
+
+def _all_losses(logits, targets, mask):
+  out = {}
+  for key, overrides in CONFIGS.items():
+    config = make_config(**overrides)
+    f = lambda z, config=config: losses.weighted_loss(z, targets, mask, config)  # noqa: E731
+    (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(logits)
+    out[key] = (loss, grad, aux, losses.token_weights(logits, targets, mask, config))
+  return out
+
+
+def _assert_trees_close(a, b, what, rtol=1e-5, atol=1e-7):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=what), a, b)
+
+
+# jit and vmap are checked in one test so that the eager reference values (the costly part on
+# CPU: one compilation per primitive and shape) are computed once, on one xdist worker.
+def test_jit_and_vmap_match_eager_for_every_scheme():
+  """jit(weighted_loss / grad / token_weights) with the config closed over (configs are not
+  pytrees: they are Python constants) equals eager; vmap of token_weights over a leading axis
+  equals one unbatched call per slice (TALR's median is then per slice)."""
+  logits, targets, mask = _inputs()
+  slices = [(logits[i], targets[i], mask[i]) for i in range(logits.shape[0])]
+  eager = [_all_losses(*x) for x in slices]
+  jitted = jax.jit(_all_losses)(*slices[0])
+
+  def weights_all(z, t, m):
+    return {key: losses.token_weights(z, t, m, make_config(**o)) for key, o in CONFIGS.items()}
+
+  vmapped = jax.vmap(weights_all)(logits, targets, mask)
+  failures = []
+  for key in CONFIGS:
+    try:
+      for name, a, b in zip(("loss", "grad", "aux", "weights"), eager[0][key], jitted[key]):
+        _assert_trees_close(a, b, f"jit {name}")
+      single = np.stack([e[key][3] for e in eager])
+      np.testing.assert_allclose(vmapped[key], single, rtol=1e-6, atol=1e-7, err_msg="vmap weights")
+    except AssertionError as e:
+      failures.append(f"[{key}] {e}")
+  assert not failures, "\n".join(failures)
+
+
+def test_jit_single_config_closure():
+  logits, targets, mask = _inputs()
+  config = losses.default_config()
+  f = jax.jit(lambda z, t, m: losses.weighted_loss(z, t, m, config)[0])
+  np.testing.assert_allclose(f(logits, targets, mask), losses.weighted_loss(logits, targets, mask, config)[0],
+                             rtol=1e-6)
+  g = jax.jit(jax.grad(lambda z: losses.weighted_loss(z, targets, mask, config)[0]))(logits)
+  assert g.shape == logits.shape and np.all(np.isfinite(g))
+
+
+def test_vmap_of_weighted_loss_and_token_stats():
+  logits, targets, mask = _inputs()
+  config = make_config(name="talr")
+  batched = jax.vmap(lambda z, t, m: losses.weighted_loss(z, t, m, config)[0])(logits, targets, mask)
+  single = [losses.weighted_loss(logits[i], targets[i], mask[i], config)[0] for i in range(3)]
+  np.testing.assert_allclose(batched, single, rtol=1e-6)
+  s = jax.vmap(losses.token_stats)(logits, targets)
+  s1 = losses.token_stats(logits, targets)  # leading dims are batch dims already
+  for k in s1.keys():
+    np.testing.assert_allclose(s[k], s1[k], rtol=1e-6)

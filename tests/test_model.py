@@ -1,0 +1,106 @@
+"""The Llama-style decoder: shapes, masking of packed/padded sequences, KV-cache decoding, dtypes, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rankjax import models
+
+
+def _model(**kw):
+  c = models.default_config()
+  c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.mlp_dim = 97, 32, 2, 4, 2, 64
+  for k, v in kw.items():
+    c[k] = v
+  m = models.build_model(c)
+  return m, models.init_params(m, jax.random.PRNGKey(0))
+
+
+def test_logits_shape_and_param_axes():
+  m, p = _model()
+  ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
+  assert m.apply({"params": p}, ids).shape == (2, 6, 97)
+  axes = models.logical_axes(m)
+  assert tuple(axes["embed"]["embedding"]) == ("vocab", "embed")
+  assert tuple(axes["layer_0"]["attn"]["q"]) == ("embed", "heads", "kv")
+  assert tuple(axes["layer_0"]["mlp"]["gate"]) == ("embed", "mlp")
+  assert tuple(axes["final_norm"]["scale"]) == ("norm",)
+
+
+def test_untied_head_and_qkv_bias():
+  m, p = _model(tie_embeddings=False, qkv_bias=True)
+  assert p["lm_head"].shape == (32, 97) and "q_bias" in p["layer_0"]["attn"]
+  hidden, kernel = m.apply({"params": p}, jnp.ones((1, 4), jnp.int32), return_hidden=True)
+  logits = m.apply({"params": p}, jnp.ones((1, 4), jnp.int32))
+  np.testing.assert_allclose(hidden @ kernel, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_causal():
+  m, p = _model()
+  ids = jax.random.randint(jax.random.PRNGKey(1), (1, 10), 3, 97)
+  full = m.apply({"params": p}, ids)
+  changed = m.apply({"params": p}, ids.at[0, 7].set(5))
+  np.testing.assert_allclose(full[0, :7], changed[0, :7], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(full[0, 7:], changed[0, 7:])
+
+
+def test_packed_segments_do_not_attend_across():
+  """Two sequences packed into one row (per-segment positions) give the logits of each alone."""
+  m, p = _model()
+  a = jax.random.randint(jax.random.PRNGKey(2), (5,), 3, 97)
+  b = jax.random.randint(jax.random.PRNGKey(3), (4,), 3, 97)
+  packed = jnp.concatenate([a, b, jnp.zeros((3,), jnp.int32)])[None]
+  seg = jnp.asarray([[1] * 5 + [2] * 4 + [0] * 3])
+  pos = jnp.asarray([list(range(5)) + list(range(4)) + [0] * 3])
+  out = m.apply({"params": p}, packed, positions=pos, segment_ids=seg)
+  np.testing.assert_allclose(out[0, :5], m.apply({"params": p}, a[None])[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out[0, 5:9], m.apply({"params": p}, b[None])[0], rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(out))  # padding rows are fully masked yet finite
+
+
+def test_kv_cache_decoding_matches_full_forward():
+  m, p = _model()
+  ids = jax.random.randint(jax.random.PRNGKey(4), (2, 9), 3, 97)
+  full = m.apply({"params": p}, ids)
+  cache = models.init_cache(m.config, 2, 12)
+  logits, cache = m.apply({"params": p}, ids[:, :5], cache=cache)
+  steps = [logits]
+  for t in range(5, 9):
+    lt, cache = m.apply({"params": p}, ids[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+    steps.append(lt)
+  np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-5)
+  assert int(cache["index"]) == 9
+
+
+def test_bfloat16_compute():
+  m, p = _model(dtype="bfloat16", param_dtype="bfloat16")
+  assert jax.tree.leaves(p)[0].dtype == jnp.bfloat16
+  out = m.apply({"params": p}, jnp.ones((1, 4), jnp.int32))
+  assert out.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+
+
+def test_remat_same_gradient():
+  m1, p = _model()
+  m2, _ = _model(remat=True)
+  ids = jnp.arange(8, dtype=jnp.int32)[None]
+  g1 = jax.grad(lambda p: m1.apply({"params": p}, ids).sum())(p)
+  g2 = jax.grad(lambda p: m2.apply({"params": p}, ids).sum())(p)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("num_kv_heads", 3, "num_kv_heads"), ("hidden_size", 30, "hidden_size"), ("dtype", "float8", "dtype"),
+    ("vocab_size", 0, "vocab_size")])
+def test_invalid_model_config(field, value, match):
+  c = models.default_config()
+  c[field] = value
+  with pytest.raises(ValueError, match=match):
+    models.build_model(c)
+
+
+def test_input_rank_error():
+  m, p = _model()
+  with pytest.raises(ValueError, match="input_ids"):
+    m.apply({"params": p}, jnp.ones((4,), jnp.int32))

@@ -1,0 +1,146 @@
+"""Training: accumulation == one big batch, sharded == single device, resume == uninterrupted,
+metrics/config files, non-finite and corrupt-checkpoint errors."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rankjax import models
+from rankjax.train import loop
+from rankjax.train.metrics_writer import read_metrics
+from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
+from rankjax.train.train_step import make_train_step
+from tests.helpers import tiny_run_config
+
+
+def _batch(rng, a, b, t, v):
+  tokens = rng.integers(3, v, size=(a * b, t + 1)).astype(np.int32)
+  lengths = rng.integers(t // 2, t + 1, size=a * b)
+  seg = (np.arange(t)[None] < lengths[:, None] - 1).astype(np.int32)
+  mask = seg * (np.arange(t)[None] >= rng.integers(1, t // 2, size=(a * b, 1)))
+  mask[0] = 0  # a sequence without any supervised token
+  out = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask.astype(np.float32), "segment_ids": seg,
+         "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (a * b, t)).copy()}
+  return {k: v.reshape(a, b, t) for k, v in out.items()}
+
+
+def _setup(scheme):
+  config = tiny_run_config(**{"loss.name": scheme, "loss.diagnostics": True})
+  model = models.build_model(config.model)
+  params = models.init_params(model, jax.random.PRNGKey(0))
+  state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config.optimizer, 10))
+  step = make_train_step(model, config.loss, learning_rate_schedule(config.optimizer, 10))
+  return config, state, step
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("scheme", ["sft", "ranktuner", "talr", "dft", "eaft"])
+def test_accumulation_equals_one_big_batch(scheme):
+  config, state, step = _setup(scheme)
+  big = _batch(np.random.default_rng(0), 1, 8, 16, config.model.vocab_size)
+  micro = {k: v.reshape(4, 2, 16) for k, v in big.items()}
+  s1, m1 = jax.jit(step)(state, big)
+  s4, m4 = jax.jit(step)(state, micro)
+  for k in ("loss", "grad_norm", "tokens", "mean_weight", "mean_nll", "mean_expected_rank", "max_weight"):
+    np.testing.assert_allclose(m1[k], m4[k], rtol=2e-5, err_msg=k)
+  _assert_trees_close(s1.params, s4.params)
+
+
+@pytest.mark.parametrize("scheme", ["ranktuner", "talr"])
+def test_data_parallel_sharding_equals_single_device(scheme):
+  config, state, step = _setup(scheme)
+  batch = _batch(np.random.default_rng(1), 2, 8, 16, config.model.vocab_size)
+  single_state, single = jax.jit(step)(state, batch)
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+  sharded_batch = jax.device_put(batch, NamedSharding(mesh, P(None, "data")))
+  rep_state = jax.device_put(state, NamedSharding(mesh, P()))
+  sharded_state, sharded = jax.jit(step)(rep_state, sharded_batch)
+  assert len(sharded_batch["inputs"].sharding.device_set) == jax.device_count()
+  np.testing.assert_allclose(single["loss"], sharded["loss"], rtol=1e-5)
+  _assert_trees_close(single_state.params, sharded_state.params)
+
+
+def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
+  config, state, step = _setup("ranktuner")
+  batch = _batch(np.random.default_rng(2), 1, 4, 8, config.model.vocab_size)
+  batch["loss_mask"][:] = 0
+  new, metrics = jax.jit(step)(state, batch)
+  assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
+  assert float(metrics["nonfinite"]) == 0.0
+
+
+def test_nonfinite_step_is_not_applied():
+  config, state, step = _setup("sft")
+  batch = _batch(np.random.default_rng(3), 1, 4, 8, config.model.vocab_size)
+  bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.params))
+  new, metrics = jax.jit(step)(bad, batch)
+  assert float(metrics["nonfinite"]) == 1.0
+  assert int(new.step) == int(bad.step)
+
+
+def test_run_writes_files_and_resume_equals_uninterrupted(tmp_path):
+  straight = str(tmp_path / "straight")
+  loop.train(tiny_run_config(total_steps=6), straight)
+  rows = read_metrics(straight)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  for key in ("loss", "learning_rate", "grad_norm", "tokens_per_second", "tokens", "mean_weight"):
+    assert key in rows[0], key
+  cfg = json.load(open(os.path.join(straight, "config.json")))
+  assert cfg["total_steps"] == 6 and cfg["loss"]["name"] == "ranktuner"
+  assert os.listdir(os.path.join(straight, "tensorboard"))
+
+  resumed = str(tmp_path / "resumed")
+  loop.train(tiny_run_config(total_steps=6), resumed)
+  # Simulate a crash after step 3: drop the last checkpoint, keep the metrics written after it.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
+  loop.train(tiny_run_config(total_steps=6), resumed)
+  assert [r["step"] for r in read_metrics(resumed)] == [1, 2, 3, 4, 5, 6]
+  for a, b in zip(read_metrics(straight), read_metrics(resumed)):
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
+
+  like = models.init_params(models.build_model(tiny_run_config().model), jax.random.PRNGKey(0))
+  from rankjax.train.checkpointing import restore_params
+  _assert_trees_close(restore_params(straight, like), restore_params(resumed, like), rtol=1e-6, atol=1e-7)
+
+
+def test_relaunch_with_more_steps_continues(tmp_path):
+  d = str(tmp_path / "run")
+  loop.train(tiny_run_config(total_steps=3), d)
+  assert loop.train(tiny_run_config(total_steps=3), d) == {}  # already complete: nothing to do
+  loop.train(tiny_run_config(total_steps=5), d)
+  assert [r["step"] for r in read_metrics(d)] == [1, 2, 3, 4, 5]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+  d = str(tmp_path / "run")
+  loop.train(tiny_run_config(total_steps=3), d)
+  step_dir = os.path.join(d, "checkpoints", "3", "params")
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  with pytest.raises(RuntimeError, match="checkpoints/3"):
+    loop.train(tiny_run_config(total_steps=5), d)
+
+
+def test_init_from_missing_dir_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="init_from"):
+    loop.train(tiny_run_config(init_from=str(tmp_path / "nope")), str(tmp_path / "run"))
+
+
+def test_invalid_run_config(tmp_path):
+  with pytest.raises(ValueError, match="grad_accum_steps"):
+    loop.train(tiny_run_config(grad_accum_steps=3), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match="loss config: name"):
+    loop.train(tiny_run_config(**{"loss.name": "focal"}), str(tmp_path / "run2"))
