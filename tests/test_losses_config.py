@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rankjax import losses
+from tests import numpy_reference as ref
 
 V = 11
 
@@ -151,64 +152,49 @@ def test_check_targets_accepts_valid_and_tracers():
 # ---------------------------------------------------------------------------- jit / vmap
 
 
-def _all_losses(logits, targets, mask):
+def _all_schemes(logits, targets, mask):
+  """Loss, gradient, aux and weights of every config, plus the token statistics."""
   out = {}
   for key, overrides in CONFIGS.items():
-    config = make_config(**overrides)
+    config = make_config(**overrides)  # closed over: configs are Python constants, not pytrees
     f = lambda z, config=config: losses.weighted_loss(z, targets, mask, config)  # noqa: E731
     (loss, aux), grad = jax.value_and_grad(f, has_aux=True)(logits)
-    out[key] = (loss, grad, aux, losses.token_weights(logits, targets, mask, config))
+    out[key] = {"loss": loss, "grad": grad, "aux": aux,
+                "weights": losses.token_weights(logits, targets, mask, config)}
+  stats = losses.token_stats(logits, targets)
+  out["stats"] = {k: stats[k] for k in stats.keys()}
   return out
 
 
-def _assert_trees_close(a, b, what, rtol=1e-5, atol=1e-7):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(y, x, rtol=rtol, atol=atol, err_msg=what), a, b)
-
-
-# jit and vmap are checked in one test so that the eager reference values (the costly part on
-# CPU: one compilation per primitive and shape) are computed once, on one xdist worker.
-def test_jit_and_vmap_match_eager_for_every_scheme():
-  """jit(weighted_loss / grad / token_weights) with the config closed over (configs are not
-  pytrees: they are Python constants) equals eager; vmap of token_weights over a leading axis
-  equals one unbatched call per slice (TALR's median is then per slice)."""
+# One test, two compilations (jit of the unbatched function, jit of its vmap): the eager
+# path is compared with the float64 reference in test_losses_reference.py, and the jitted
+# one is compared with the same reference here.
+def test_jit_and_vmap_for_every_scheme():
+  """jit(weighted_loss, its grad, token_weights) with the config closed over matches the
+  float64 reference; vmap over a leading axis equals the unbatched call on every slice
+  (so TALR's median, the token count and the loss are per slice)."""
   logits, targets, mask = _inputs()
-  slices = [(logits[i], targets[i], mask[i]) for i in range(logits.shape[0])]
-  eager = [_all_losses(*x) for x in slices]
-  jitted = jax.jit(_all_losses)(*slices[0])
-
-  def weights_all(z, t, m):
-    return {key: losses.token_weights(z, t, m, make_config(**o)) for key, o in CONFIGS.items()}
-
-  vmapped = jax.vmap(weights_all)(logits, targets, mask)
+  unbatched = jax.jit(_all_schemes)
+  slices = [jax.device_get(unbatched(logits[i], targets[i], mask[i])) for i in range(logits.shape[0])]
+  vmapped = jax.device_get(jax.jit(jax.vmap(_all_schemes))(logits, targets, mask))
   failures = []
-  for key in CONFIGS:
+  for key in list(CONFIGS) + ["stats"]:
     try:
-      for name, a, b in zip(("loss", "grad", "aux", "weights"), eager[0][key], jitted[key]):
-        _assert_trees_close(a, b, f"jit {name}")
-      single = np.stack([e[key][3] for e in eager])
-      np.testing.assert_allclose(vmapped[key], single, rtol=1e-6, atol=1e-7, err_msg="vmap weights")
+      for i, single in enumerate(slices):
+        jax.tree.map(lambda b, s, i=i: np.testing.assert_allclose(
+            b[i], s, rtol=1e-6, atol=1e-7, err_msg=f"vmap slice {i}"), vmapped[key], single[key])
+        if key == "stats":
+          continue
+        config = make_config(**CONFIGS[key])
+        z, t, m = (np.asarray(x) for x in (logits[i], targets[i], mask[i]))
+        z = z.astype(np.float64)
+        # logits ~ N(0, 4), V = 11: float32 vs float64 differ by ~1e-6 relative
+        np.testing.assert_allclose(single[key]["loss"], ref.loss(z, t, m, config), rtol=1e-5,
+                                   err_msg="jit loss")
+        np.testing.assert_allclose(single[key]["weights"], ref.masked_weights(z, t, m, config),
+                                   rtol=1e-5, atol=1e-7, err_msg="jit weights")
+        np.testing.assert_allclose(single[key]["grad"], ref.loss_grad(z, t, m, config), rtol=1e-4,
+                                   atol=1e-7, err_msg="jit grad")
     except AssertionError as e:
       failures.append(f"[{key}] {e}")
   assert not failures, "\n".join(failures)
-
-
-def test_jit_single_config_closure():
-  logits, targets, mask = _inputs()
-  config = losses.default_config()
-  f = jax.jit(lambda z, t, m: losses.weighted_loss(z, t, m, config)[0])
-  np.testing.assert_allclose(f(logits, targets, mask), losses.weighted_loss(logits, targets, mask, config)[0],
-                             rtol=1e-6)
-  g = jax.jit(jax.grad(lambda z: losses.weighted_loss(z, targets, mask, config)[0]))(logits)
-  assert g.shape == logits.shape and np.all(np.isfinite(g))
-
-
-def test_vmap_of_weighted_loss_and_token_stats():
-  logits, targets, mask = _inputs()
-  config = make_config(name="talr")
-  batched = jax.vmap(lambda z, t, m: losses.weighted_loss(z, t, m, config)[0])(logits, targets, mask)
-  single = [losses.weighted_loss(logits[i], targets[i], mask[i], config)[0] for i in range(3)]
-  np.testing.assert_allclose(batched, single, rtol=1e-6)
-  s = jax.vmap(losses.token_stats)(logits, targets)
-  s1 = losses.token_stats(logits, targets)  # leading dims are batch dims already
-  for k in s1.keys():
-    np.testing.assert_allclose(s[k], s1[k], rtol=1e-6)
