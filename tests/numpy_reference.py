@@ -24,7 +24,7 @@ def _f64(x):
 def log_softmax(logits):
   """log p_{t,i} in nats, float64."""
   z = _f64(logits)
-  zmax = np.max(z, axis=-1, keepdims=True)
+  zmax = np.max(z, axis=-1, keepdims=True)  # finite: at least one logit per row is finite
   lse = zmax + np.log(np.sum(np.exp(z - zmax), axis=-1, keepdims=True))
   return z - lse
 
@@ -44,7 +44,7 @@ def entropy_bits(logits):
   """H_t = -sum_i p_i log2 p_i (terms with p_i = 0 count 0)."""
   log_p = log_softmax(logits)
   p = np.exp(log_p)
-  terms = np.where(p > 0, p * log_p, 0.0)
+  terms = p * np.where(p > 0, log_p, 0.0)  # 0 log 0 = 0 (also for -inf logits)
   return -np.sum(terms, axis=-1) / LOG2
 
 
@@ -118,7 +118,7 @@ def eaft_weight(logits, top_k, alpha):
   top = -np.sort(-z, axis=-1)[..., :k]
   log_q = log_softmax(top)
   q = np.exp(log_q)
-  h = -np.sum(np.where(q > 0, q * log_q, 0.0), axis=-1)
+  h = -np.sum(q * np.where(q > 0, log_q, 0.0), axis=-1)
   return (h / math.log(k)) ** float(alpha)
 
 
@@ -147,14 +147,18 @@ def ranktuner_scale(logits, targets, form):
   return np.exp(ranktuner_log_scale(logits, targets, form))
 
 
-def ranktuner_weight(logits, targets, form, base):
-  """w = p_t S_t ("prob") or S_t ("uniform"); the product is taken in the log domain."""
+def ranktuner_weight(logits, targets, form, base, log_weight_cap=30.0):
+  """w = p_t S_t ("prob") or S_t ("uniform"); the product is taken in the log domain, and
+  ln w is capped at `log_weight_cap` (the library's documented float32 guard: the bound
+  form's S is unbounded as p -> 0)."""
   log_s = ranktuner_log_scale(logits, targets, form)
   if base == "prob":
-    return np.exp(target_log_prob(logits, targets) + log_s)
-  if base == "uniform":
-    return np.exp(log_s)
-  raise ValueError(f"unknown base {base!r}")
+    log_w = target_log_prob(logits, targets) + log_s
+  elif base == "uniform":
+    log_w = log_s
+  else:
+    raise ValueError(f"unknown base {base!r}")
+  return np.exp(np.minimum(log_w, log_weight_cap))
 
 
 def weights(logits, targets, mask, config):
@@ -170,7 +174,7 @@ def weights(logits, targets, mask, config):
   if name == "eaft":
     return eaft_weight(logits, config.eaft_top_k, config.eaft_alpha)
   if name == "ranktuner":
-    return ranktuner_weight(logits, targets, config.form, config.base)
+    return ranktuner_weight(logits, targets, config.form, config.base, config.log_weight_cap)
   raise ValueError(f"unknown scheme {name!r}")
 
 

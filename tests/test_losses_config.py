@@ -21,6 +21,8 @@ CONFIGS = {
     "talr": {"name": "talr"},
     "eaft": {"name": "eaft", "eaft_top_k": 4, "eaft_alpha": 1.5},
     "ranktuner_exact_prob": {"name": "ranktuner", "form": "exact", "base": "prob"},
+    "ranktuner_exact_uniform": {"name": "ranktuner", "form": "exact", "base": "uniform"},
+    "ranktuner_bound_prob": {"name": "ranktuner", "form": "bound", "base": "prob"},
     "ranktuner_bound_uniform": {"name": "ranktuner", "form": "bound", "base": "uniform",
                                 "diagnostics": False},
 }
@@ -129,6 +131,7 @@ def test_float_targets_rejected():
 def test_out_of_range_target_raises_naming_index(bad_id, index):
   logits, targets, mask = _inputs()
   targets = targets.at[index].set(bad_id)
+  mask = mask.at[index].set(1.0)
   idx = re.escape(str(index))
   with pytest.raises(ValueError, match=idx):
     losses.weighted_loss(logits, targets, mask, losses.default_config())
@@ -136,9 +139,7 @@ def test_out_of_range_target_raises_naming_index(bad_id, index):
     losses.token_weights(logits, targets, mask, make_config(name="sft"))
   with pytest.raises(ValueError, match=idx):
     losses.check_targets(np.asarray(targets), V)
-  # also for a numpy array and a masked-out position (an invalid id is an error anywhere)
-  mask = mask.at[index].set(0.0)
-  with pytest.raises(ValueError, match=idx):
+  with pytest.raises(ValueError, match=idx):  # numpy targets too
     losses.weighted_loss(logits, np.asarray(targets), mask, losses.default_config())
 
 
@@ -198,3 +199,17 @@ def test_jit_and_vmap_for_every_scheme():
     except AssertionError as e:
       failures.append(f"[{key}] {e}")
   assert not failures, "\n".join(failures)
+
+
+def test_any_id_allowed_at_unsupervised_positions():
+  """Targets off the mask may hold anything (e.g. the -100 padding convention): no error, no NaN,
+  and the same loss and gradient as with a valid id there."""
+  logits, targets, mask = _inputs()
+  mask = mask.at[0, 0, 0].set(0.0)
+  padded = targets.at[0, 0, 0].set(-100)
+  for name in ("sft", "ranktuner", "talr", "eaft"):
+    config = make_config(name=name)
+    (l1, _), g1 = jax.value_and_grad(lambda z: losses.weighted_loss(z, targets, mask, config), has_aux=True)(logits)
+    (l2, _), g2 = jax.value_and_grad(lambda z: losses.weighted_loss(z, padded, mask, config), has_aux=True)(logits)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-9)

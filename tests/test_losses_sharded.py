@@ -51,9 +51,9 @@ CONFIGS = {k: _config(v) for k, v in SCHEMES.items()}
 
 
 def _global_batch():
-  """Logits [N_DEV*PER_DEV, T, V] with varied entropy; device 3's tokens all masked out;
-  an odd number of supervised tokens elsewhere so the median is a single middle value
-  only globally (per-device medians would differ)."""
+  """Logits [N_DEV*PER_DEV, T, V] with varied entropy; device 3 has no supervised token;
+  the global count of supervised tokens is odd (numpy's median is then one middle value),
+  and per-device medians differ from the global one (see test_talr_median_is_global)."""
   rng = np.random.default_rng(1234)
   b = N_DEV * PER_DEV
   temp = rng.choice([0.3, 1.0, 4.0], size=(b, T, 1))

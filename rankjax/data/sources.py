@@ -22,6 +22,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.num_pretrain = 20000
   c.num_finetune = 4000
   c.num_eval = 200
+  # Template of the pretraining split: "finetune" (the default) lets the base model learn the
+  # answer format, as real base math models know it; "pretrain" makes the format new at SFT.
+  c.pretrain_template = "finetune"
   c.seq_len = 128  # tokens per row fed to the model
   c.batch_size = 32  # sequences per optimizer step (global batch)
   c.loss_on = "response"  # "response" (SFT) or "all" (pretraining)
@@ -36,7 +39,8 @@ def load_splits(config) -> dict:
   """Returns {"pretrain", "finetune", "eval"} lists of examples with .prompt/.response/.answer."""
   if config.source not in SOURCES:
     raise ValueError(f"data config: source={config.source!r} is not one of {SOURCES}")
-  return synthetic.make_splits(config.seed, config.num_pretrain, config.num_finetune, config.num_eval)
+  return synthetic.make_splits(config.seed, config.num_pretrain, config.num_finetune, config.num_eval,
+                               config.pretrain_template)
 
 
 def corpus_texts(splits: dict):

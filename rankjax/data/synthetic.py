@@ -294,10 +294,11 @@ def _take_unique(stream: Iterator[Example], n: int, exclude: set[str], what: str
   return out
 
 
-def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int) -> dict[str, list[Example]]:
+def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int,
+                pretrain_template: str = "pretrain") -> dict[str, list[Example]]:
   """Returns {"pretrain", "finetune", "eval"} example lists.
 
-  "pretrain": PRETRAIN_FAMILIES in the pretrain template. "finetune" and "eval":
+  "pretrain": PRETRAIN_FAMILIES in `pretrain_template`. "finetune" and "eval":
   the held-out FINETUNE_FAMILIES in the finetune template; eval questions are
   distinct, and no eval question appears in finetune (finetune may repeat itself).
   """
@@ -305,7 +306,7 @@ def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int) -> dic
     raise ValueError("split sizes must be >= 0")
   root = np.random.SeedSequence(seed)
   pretrain_rng, finetune_rng, eval_rng = (np.random.default_rng(s) for s in root.spawn(3))
-  pretrain = _stream(PRETRAIN_FAMILIES, pretrain_rng, "pretrain")
+  pretrain = _stream(PRETRAIN_FAMILIES, pretrain_rng, pretrain_template)
   eval_set = _take_unique(_stream(FINETUNE_FAMILIES, eval_rng, "finetune"), n_eval, set(), "eval")
   eval_questions = {question_of(e) for e in eval_set}
   finetune, stream = [], _stream(FINETUNE_FAMILIES, finetune_rng, "finetune")

@@ -21,6 +21,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.eaft_alpha = 1.0
   config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
   config.talr_normalize = True  # TALR weights rescaled to mean 1 over supervised tokens
+  # Cap on log w_t (natural log) of RankTuner: the bound form's scale is unbounded as p_t -> 0.
+  config.log_weight_cap = 30.0
   # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
   # dashboard even when the scheme does not need it.
   config.diagnostics = True
@@ -46,6 +48,8 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
   if not float(config.eaft_alpha) > 0:
     raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
+  if not 0 < float(config.log_weight_cap) <= 88.0:
+    raise ValueError(f"loss config: log_weight_cap={config.log_weight_cap} must be in (0, 88] (float32 range)")
   if not float(config.talr_min_tau) > 0:
     raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 

@@ -42,12 +42,14 @@ def batch_context(log_prob: jax.Array, mask: jax.Array, config, axis_name=None) 
   return BatchContext(num_tokens=global_reduce.global_sum(mask > 0, axis_name), talr=talr)
 
 
-def check_targets(targets, vocab_size: int, where: str = "targets") -> None:
-  """Raises ValueError naming the first out-of-range target id (concrete arrays only; tracers pass)."""
-  if isinstance(targets, jax.core.Tracer):
+def check_targets(targets, vocab_size: int, mask=None, where: str = "targets") -> None:
+  """Raises ValueError naming the first out-of-range target id at a supervised position (all
+  positions without `mask`). Checks concrete arrays only; under jit (tracers) it does nothing."""
+  if isinstance(targets, jax.core.Tracer) or isinstance(mask, jax.core.Tracer):
     return
   t = np.asarray(targets)
-  bad = np.argwhere((t < 0) | (t >= vocab_size))
+  supervised = np.ones(t.shape, bool) if mask is None else np.asarray(mask) > 0
+  bad = np.argwhere(((t < 0) | (t >= vocab_size)) & supervised)
   if bad.size:
     idx = tuple(int(i) for i in bad[0])
     raise ValueError(f"{where}: token id {int(t[idx])} at index {idx} is outside [0, {vocab_size})")
@@ -57,7 +59,9 @@ def _stats_and_weights(logits, targets, mask, config, axis_name, context):
   validate_config(config)
   if mask.shape != targets.shape:
     raise ValueError(f"loss mask shape {mask.shape} differs from targets shape {targets.shape}")
-  check_targets(targets, logits.shape[-1])
+  check_targets(targets, logits.shape[-1], mask)
+  # Unsupervised positions may hold any id (e.g. -100); score them against id 0 instead.
+  targets = jnp.where(mask > 0, targets, 0)
   stats = token_stats(logits, targets, with_expected_rank=needs_expected_rank(config))
   if context is None:
     context = batch_context(stats.log_prob, mask, config, axis_name)
@@ -96,7 +100,7 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
   if stats.expected_rank is not None:
     aux["mean_expected_rank"] = mean(stats.expected_rank)
   if config.diagnostics:
-    aux["mean_ranktuner_weight"] = mean(ranktuner_weight(stats, config.form, config.base))
+    aux["mean_ranktuner_weight"] = mean(ranktuner_weight(stats, config.form, config.base, config.log_weight_cap))
   if context.talr is not None:
     aux["talr_tau"] = context.talr.tau
   return jax.tree.map(jax.lax.stop_gradient, aux)

@@ -27,25 +27,32 @@ def ranktuner_scale_exact(rank: jax.Array, expected_rank: jax.Array) -> jax.Arra
   return jnp.exp2(rank_utility(expected_rank) - rank_utility(rank))
 
 
-def ranktuner_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank: jax.Array) -> jax.Array:
-  """Sort-free surrogate S_t = (p_t s(H_t))^(-K_t), s(H) = 2^(H-2) + 1, K_t = log2(max(R_t, s) + 1)^-2."""
+def ranktuner_log_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank: jax.Array) -> jax.Array:
+  """log S_t of the sort-free surrogate S_t = (p_t s(H_t))^(-K_t), with s(H) = 2^(H-2) + 1 and
+  K_t = log2(max(R_t, s) + 1)^-2; natural log, computed in log space (S is unbounded as p_t -> 0)."""
   s = jnp.exp2(entropy_bits - 2.0) + 1.0
   xi = jnp.maximum(rank.astype(jnp.float32), s)
   k = jnp.log2(xi + 1.0) ** -2
-  return jnp.exp(-k * (log_prob + jnp.log(s)))
+  return -k * (log_prob + jnp.log(s))
 
 
-def ranktuner_weight(stats: TokenStats, form: str, base: str) -> jax.Array:
-  """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient."""
+def ranktuner_weight(stats: TokenStats, form: str, base: str, log_weight_cap: float = 30.0) -> jax.Array:
+  """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient.
+
+  Formed in log space, log w = log b + log S. The bound form's S has no upper limit as
+  p_t -> 0 (uniform base), so log w is capped at `log_weight_cap` (default 30: w < 1.1e13,
+  so w * nll and its sums stay finite in float32). Realistic vocabularies never reach it
+  (K_t >= log2(V + 1)^-2, about 0.0034 at V = 151,936); the exact form's S lies in (1/2, 2).
+  """
   log_prob = jax.lax.stop_gradient(stats.log_prob)
   if form == "exact":
     if stats.expected_rank is None:
       raise ValueError("ranktuner form='exact' needs expected_rank in the token statistics")
-    scale = ranktuner_scale_exact(stats.rank, stats.expected_rank)
+    log_scale = jnp.log(ranktuner_scale_exact(stats.rank, stats.expected_rank))
   else:
-    scale = ranktuner_scale_bound(log_prob, stats.entropy_bits, stats.rank)
-  b = jnp.exp(log_prob) if base == "prob" else 1.0
-  return jax.lax.stop_gradient(b * scale)
+    log_scale = ranktuner_log_scale_bound(log_prob, stats.entropy_bits, stats.rank)
+  log_w = log_scale + (log_prob if base == "prob" else 0.0)
+  return jax.lax.stop_gradient(jnp.exp(jnp.minimum(log_w, log_weight_cap)))
 
 
 def topk_entropy_nats(logits: jax.Array, k: int) -> jax.Array:
@@ -53,7 +60,8 @@ def topk_entropy_nats(logits: jax.Array, k: int) -> jax.Array:
   k = min(int(k), logits.shape[-1])
   top, _ = jax.lax.top_k(jax.lax.stop_gradient(logits).astype(jnp.float32), k)
   log_q = jax.nn.log_softmax(top, axis=-1)
-  return -jnp.sum(jnp.exp(log_q) * log_q, axis=-1)
+  q = jnp.exp(log_q)
+  return -jnp.sum(q * jnp.where(q > 0, log_q, 0.0), axis=-1)  # 0 log 0 = 0 (e.g. -inf logits)
 
 
 def eaft_weight(logits: jax.Array, top_k: int, alpha: float) -> jax.Array:
@@ -108,7 +116,7 @@ def scheme_weight(stats: TokenStats, logits: jax.Array, config, talr: TalrContex
   elif name == "eaft":
     w = eaft_weight(logits, config.eaft_top_k, config.eaft_alpha)
   elif name == "ranktuner":
-    w = ranktuner_weight(stats, config.form, config.base)
+    w = ranktuner_weight(stats, config.form, config.base, config.log_weight_cap)
   else:
     raise ValueError(f"unknown loss scheme {name!r}")
   return jax.lax.stop_gradient(w)
