@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
@@ -93,7 +94,8 @@ def train(config, workdir: str) -> dict:
     print(f"[rankjax] {workdir}: skipped examples by reason: {skipped}", flush=True)
 
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress, dynamic_ncols=True,
-                  desc=os.path.basename(os.path.normpath(workdir)))
+                  desc=os.path.basename(os.path.normpath(workdir)),
+                  mininterval=0.5 if sys.stderr.isatty() else 30.0)  # sparse lines in log files
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   try:
     for step in range(start, config.total_steps):
