@@ -45,7 +45,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--schemes", default="sft,ranktuner,ranktuner-bound,dft,talr,eaft")
+  parser.add_argument("--schemes", default="sft:plain,sft,ranktuner,ranktuner:plain,ranktuner-bound:plain,dft:plain,"
+                      "talr:plain,eaft:plain",
+                      help="name[-form][:plain]; ':plain' turns diagnostics off (no E[R] unless the scheme needs it)")
   args = parser.parse_args()
 
   config = load_demo_config()
@@ -56,8 +58,10 @@ def main():
   fns, states = {}, {}
   for scheme in args.schemes.split(","):
     loss_config = config.loss.copy_and_resolve_references()
-    loss_config.name, _, form = scheme.partition("-")
+    spec, _, variant = scheme.partition(":")
+    loss_config.name, _, form = spec.partition("-")
     loss_config.form = form or "exact"
+    loss_config.diagnostics = variant != "plain"
     fns[scheme] = jax.jit(make_train_step(model, loss_config, schedule))
     states[scheme] = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                                    tx=make_optimizer(config.optimizer, 1000))
@@ -75,14 +79,15 @@ def main():
 
   tokens = config.data.batch_size * config.data.seq_len
   print(f"demo model: {models.count_params(params):,} params, batch {config.data.batch_size} x {config.data.seq_len} "
-        f"tokens, V={config.model.vocab_size}, diagnostics={config.loss.diagnostics}, devices={jax.device_count()} "
-        f"({jax.devices()[0].platform})")
-  base = statistics.median(times["sft"]) if "sft" in times else None
-  print(f"{'scheme':<18}{'ms/step':>10}{'tokens/s':>12}{'vs sft':>9}")
+        f"tokens, V={config.model.vocab_size}, devices={jax.device_count()} ({jax.devices()[0].platform}); "
+        f"median of {args.repeats} alternating repeats of {args.steps} steps")
+  base_name = "sft:plain" if "sft:plain" in times else "sft"
+  base = statistics.median(times[base_name]) if base_name in times else None
+  print(f"{'scheme':<24}{'ms/step':>10}{'tokens/s':>12}{'vs ' + base_name:>14}")
   for scheme, ts in times.items():
     med = statistics.median(ts)
     ratio = f"{med / base:.3f}" if base else "-"
-    print(f"{scheme:<18}{med * 1e3:>10.1f}{tokens / med:>12.0f}{ratio:>9}")
+    print(f"{scheme:<24}{med * 1e3:>10.1f}{tokens / med:>12.0f}{ratio:>14}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
                                 loss_config, context=context)
 
   def context_of(params, batch):
+    if loss_config.name == "talr" and batch["inputs"].shape[0] == 1:
+      return None  # one micro-step: the loss builds TALR's context in its own forward pass
     if loss_config.name != "talr":
       return losses.BatchContext(num_tokens=jnp.sum(batch["loss_mask"] > 0).astype(jnp.float32))
     log_probs = jax.lax.map(
