@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rankjax.demo import stage_config  # noqa: E402
+from rankjax.train.config import with_overrides  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file.", lock_config=True)
@@ -38,7 +38,7 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   runs = load_sweep(_SWEEP.value)
-  configs = [(name, stage_config(_CONFIG.value, **overrides)) for name, overrides in runs]  # typos fail here
+  configs = [(name, with_overrides(_CONFIG.value, overrides)) for name, overrides in runs]  # typos fail here
   for name, config in configs:
     print(f"[sweep] {name}", flush=True)
     train(config, os.path.join(_WORKDIR.value, name))

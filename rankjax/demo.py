@@ -28,15 +28,7 @@ from rankjax.train.metrics_writer import read_metrics
 
 def stage_config(config, **overrides):
   """A copy of `config` as a single training run, with dotted-key overrides."""
-  c = config.copy_and_resolve_references()
-  c.job = "train"
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return run_config.with_overrides(config, {"job": "train", **overrides})
 
 
 def methods_of(config) -> list[str]:

@@ -1,6 +1,7 @@
 """Small configs shared by the tests."""
 
-from rankjax.train.config import base_config
+from rankjax import losses
+from rankjax.train.config import base_config, with_overrides
 
 
 def tiny_run_config(**overrides):
@@ -24,11 +25,10 @@ def tiny_run_config(**overrides):
   c.checkpoint_every = 3
   c.progress = False
   c.loss.diagnostics = False
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
   c.lock()
-  return c
+  return with_overrides(c, overrides)
+
+
+def loss_config(**fields):
+  """`losses.default_config()` with `fields` set."""
+  return with_overrides(losses.default_config(), fields)

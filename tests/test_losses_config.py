@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rankjax import losses
+from tests.helpers import loss_config as make_config
 from tests import numpy_reference as ref
 
 V = 11
@@ -28,11 +29,6 @@ CONFIGS = {
 }
 
 
-def make_config(**overrides):
-  c = losses.default_config()
-  for k, v in overrides.items():
-    c[k] = v
-  return c
 
 
 def _inputs(shape=(3, 4, 5), seed=0):

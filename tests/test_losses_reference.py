@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from rankjax import losses
+from tests.helpers import loss_config as make_config
 from tests import numpy_reference as ref
 
 EPS32 = float(np.finfo(np.float32).eps)
@@ -51,11 +52,6 @@ CONFIGS = {
 }
 
 
-def make_config(**overrides):
-  config = losses.default_config()
-  for k, v in overrides.items():
-    config[k] = v
-  return config
 
 
 # ------------------------------------------------------------------------------- inputs

@@ -42,3 +42,21 @@ def validate(config) -> None:
   if config.data.batch_size % config.grad_accum_steps:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
                      f"config.grad_accum_steps={config.grad_accum_steps}")
+
+
+def with_overrides(config, overrides: dict):
+  """A copy of `config` with dotted-key overrides applied ({"loss.name": "dft", ...}).
+
+  Like `--config.a.b=value` flags: an unknown key raises (KeyError/AttributeError naming it)
+  on a locked config.
+  """
+  c = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"config has no field {key!r}")
+    node[leaf] = value
+  return c
