@@ -45,3 +45,15 @@ def test_demo_end_to_end_small(tmp_path):
   for r in results["rows"]:
     assert 0.0 <= r["accuracy"] <= 1.0 and r["mean_ranktuner_weight"] > 0
   assert (tmp_path / "results.md").exists() and (tmp_path / "loss_curves.png").stat().st_size > 0
+
+
+def test_sweep_runs_each_entry(tmp_path):
+  sweep = tmp_path / "sweep.py"
+  sweep.write_text('def get_sweep():\n  return [("a", {"loss.name": "sft"}), ("b", {"loss.name": "ranktuner", "loss.form": "bound"})]\n')
+  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS="")
+  out = subprocess.run([sys.executable, "experiments/sweep.py", "--config=configs/synthetic_sft.py", f"--sweep={sweep}",
+                        f"--workdir={tmp_path / 'runs'}", "--config.total_steps=1", *TINY], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name, scheme in (("a", "sft"), ("b", "ranktuner")):
+    assert json.load(open(tmp_path / "runs" / name / "config.json"))["loss"]["name"] == scheme
