@@ -144,3 +144,20 @@ def test_invalid_run_config(tmp_path):
     loop.train(tiny_run_config(grad_accum_steps=3), str(tmp_path / "run"))
   with pytest.raises(ValueError, match="loss config: name"):
     loop.train(tiny_run_config(**{"loss.name": "focal"}), str(tmp_path / "run2"))
+
+
+@pytest.mark.parametrize("scheme", ["ranktuner", "talr"])
+def test_fused_and_dense_train_steps_agree(scheme):
+  config, state, _ = _setup(scheme)
+  model = models.build_model(config.model)
+  schedule = learning_rate_schedule(config.optimizer, 10)
+  batch = _batch(np.random.default_rng(4), 2, 4, 16, config.model.vocab_size)
+  results = {}
+  for fused in (True, False):
+    loss_config = config.loss.copy_and_resolve_references()
+    loss_config.fused, loss_config.token_chunk = fused, 24
+    results[fused] = jax.jit(make_train_step(model, loss_config, schedule))(state, batch)
+  (s1, m1), (s2, m2) = results[True], results[False]
+  for k in ("loss", "grad_norm", "mean_weight", "mean_expected_rank"):
+    np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, err_msg=k)
+  _assert_trees_close(s1.params, s2.params)

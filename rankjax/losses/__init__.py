@@ -1,17 +1,18 @@
 """Token-level loss reweighting: per-token statistics, scheme weights, global-batch reduction.
 
 Public API: `default_config`, `validate_config`, `token_stats`, `token_weights`,
-`weighted_loss`, `batch_context`, `accumulate_aux`, `check_targets`.
+`weighted_loss`, `linear_weighted_loss` (LM head fused, chunked), `batch_context`, `accumulate_aux`, `check_targets`.
 """
 
 from rankjax.losses.config import SCHEMES, default_config, validate_config
 from rankjax.losses.stats import TokenStats, token_stats
 from rankjax.losses.weighted_loss import (BatchContext, accumulate_aux, batch_context, check_targets,
                                           token_weights, weighted_loss)
+from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
 from rankjax.losses.weights import ranktuner_weight, talr_context
 
 __all__ = [
     "SCHEMES", "default_config", "validate_config", "TokenStats", "token_stats", "BatchContext",
     "accumulate_aux", "batch_context", "check_targets", "token_weights", "weighted_loss",
-    "ranktuner_weight", "talr_context",
+    "ranktuner_weight", "talr_context", "linear_token_stats", "linear_weighted_loss",
 ]

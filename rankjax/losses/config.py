@@ -26,6 +26,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
   # dashboard even when the scheme does not need it.
   config.diagnostics = True
+  # Fused LM-head loss (`linear_weighted_loss`, used by training when `fused`): the [tokens, V]
+  # logits are never materialised; `token_chunk` tokens' logits exist at a time.
+  config.fused = True
+  config.token_chunk = 512
   return config
 
 
@@ -50,6 +54,8 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
   if not 0 < float(config.log_weight_cap) <= 88.0:
     raise ValueError(f"loss config: log_weight_cap={config.log_weight_cap} must be in (0, 88] (float32 range)")
+  if int(config.token_chunk) < 1:
+    raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
   if not float(config.talr_min_tau) > 0:
     raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 

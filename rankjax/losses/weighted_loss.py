@@ -10,7 +10,8 @@ from flax import struct
 from rankjax.losses import global_reduce
 from rankjax.losses.config import needs_expected_rank, validate_config
 from rankjax.losses.stats import TokenStats, token_stats
-from rankjax.losses.weights import TalrContext, ranktuner_weight, scheme_weight, talr_context
+from rankjax.losses.weights import (TalrContext, ranktuner_weight, scheme_weight, talr_context,
+                                   topk_entropy_nats)
 
 # How aux scalars of gradient-accumulation micro-steps combine into the full batch's.
 # Means are already divided by the global token count, so they add up.
@@ -55,18 +56,28 @@ def check_targets(targets, vocab_size: int, mask=None, where: str = "targets") -
     raise ValueError(f"{where}: token id {int(t[idx])} at index {idx} is outside [0, {vocab_size})")
 
 
-def _stats_and_weights(logits, targets, mask, config, axis_name, context):
+def checked_targets(targets, mask, vocab_size: int, config):
+  """Validates config and shapes; returns targets with unsupervised positions (any id, e.g. -100) set to 0."""
   validate_config(config)
   if mask.shape != targets.shape:
     raise ValueError(f"loss mask shape {mask.shape} differs from targets shape {targets.shape}")
-  check_targets(targets, logits.shape[-1], mask)
-  # Unsupervised positions may hold any id (e.g. -100); score them against id 0 instead.
-  targets = jnp.where(mask > 0, targets, 0)
-  stats = token_stats(logits, targets, with_expected_rank=needs_expected_rank(config))
+  check_targets(targets, vocab_size, mask)
+  return jnp.where(mask > 0, targets, 0)
+
+
+def masked_weights(stats: TokenStats, topk_entropy, mask, config, vocab_size: int, axis_name, context):
+  """The weighting step: (weights [..., T], 0 off the mask; the BatchContext used)."""
   if context is None:
     context = batch_context(stats.log_prob, mask, config, axis_name)
-  w = scheme_weight(stats, logits, config, context.talr)
-  w = jnp.where(mask > 0, w, 0.0)
+  w = scheme_weight(stats, config, context.talr, topk_entropy, vocab_size)
+  return jnp.where(mask > 0, w, 0.0), context
+
+
+def _stats_and_weights(logits, targets, mask, config, axis_name, context):
+  targets = checked_targets(targets, mask, logits.shape[-1], config)
+  stats = token_stats(logits, targets, with_expected_rank=needs_expected_rank(config))
+  topk_entropy = topk_entropy_nats(logits, config.eaft_top_k) if config.name == "eaft" else None
+  w, context = masked_weights(stats, topk_entropy, mask, config, logits.shape[-1], axis_name, context)
   return stats, w, context
 
 
@@ -128,6 +139,11 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
     frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau.
   """
   stats, w, context = _stats_and_weights(logits, targets, mask, config, axis_name, context)
+  return reduce_loss(stats, w, mask, config, axis_name, context)
+
+
+def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchContext) -> tuple[jax.Array, dict]:
+  """The reduction sum(m w nll) / N_global and the aux scalars (see `weighted_loss`)."""
   nll = -stats.log_prob
   n = jnp.maximum(context.num_tokens, 1.0)
   local = jnp.sum(jnp.where(mask > 0, w * nll, 0.0)) / n

@@ -64,11 +64,9 @@ def topk_entropy_nats(logits: jax.Array, k: int) -> jax.Array:
   return -jnp.sum(q * jnp.where(q > 0, log_q, 0.0), axis=-1)  # 0 log 0 = 0 (e.g. -inf logits)
 
 
-def eaft_weight(logits: jax.Array, top_k: int, alpha: float) -> jax.Array:
-  """EAFT weight (H^topK_t / ln K)^alpha, K = min(top_k, V); stop-gradient."""
-  k = min(int(top_k), logits.shape[-1])
-  h = topk_entropy_nats(logits, k)
-  return jax.lax.stop_gradient((h / math.log(k)) ** alpha)
+def eaft_weight(topk_entropy: jax.Array, k: int, alpha: float) -> jax.Array:
+  """EAFT weight (H^topK_t / ln K)^alpha from the top-K entropy in nats (K = min(top_k, V)); stop-gradient."""
+  return jax.lax.stop_gradient((topk_entropy / math.log(k)) ** alpha)
 
 
 @struct.dataclass
@@ -103,8 +101,12 @@ def talr_weight(log_prob: jax.Array, context: TalrContext) -> jax.Array:
   return jax.lax.stop_gradient(jnp.exp(log_prob / context.tau - context.log_mean_weight))
 
 
-def scheme_weight(stats: TokenStats, logits: jax.Array, config, talr: TalrContext | None) -> jax.Array:
-  """Unmasked weight of `config.name` at every position; stop-gradient float32 [..., T]."""
+def scheme_weight(stats: TokenStats, config, talr: TalrContext | None, topk_entropy: jax.Array | None,
+                  vocab_size: int) -> jax.Array:
+  """Unmasked weight of `config.name` at every position; stop-gradient float32 [..., T].
+
+  `topk_entropy` (nats, over the min(eaft_top_k, V) largest logits) is needed by EAFT only.
+  """
   name = config.name
   log_prob = jax.lax.stop_gradient(stats.log_prob)
   if name == "sft":
@@ -114,7 +116,7 @@ def scheme_weight(stats: TokenStats, logits: jax.Array, config, talr: TalrContex
   elif name == "talr":
     w = talr_weight(log_prob, talr)
   elif name == "eaft":
-    w = eaft_weight(logits, config.eaft_top_k, config.eaft_alpha)
+    w = eaft_weight(topk_entropy, min(int(config.eaft_top_k), vocab_size), config.eaft_alpha)
   elif name == "ranktuner":
     w = ranktuner_weight(stats, config.form, config.base, config.log_weight_cap)
   else:

@@ -12,10 +12,29 @@ from rankjax import losses
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 
 
-def model_logits(model, params, micro: dict) -> jax.Array:
-  """Logits [b, T, V] of one micro-batch."""
+def model_logits(model, params, micro: dict, return_hidden: bool = False):
+  """Logits [b, T, V] of one micro-batch, or (hidden [b, T, d], LM-head kernel [d, V])."""
   return model.apply({"params": params}, micro["inputs"], positions=micro["positions"],
-                     segment_ids=micro["segment_ids"])
+                     segment_ids=micro["segment_ids"], return_hidden=return_hidden)
+
+
+def micro_batch_loss(model, params, micro: dict, loss_config, context=None):
+  """(loss, aux) of one micro-batch: the fused LM-head loss when loss_config.fused, else dense logits."""
+  if loss_config.fused:
+    hidden, kernel = model_logits(model, params, micro, return_hidden=True)
+    return losses.linear_weighted_loss(hidden, kernel, micro["targets"], micro["loss_mask"], loss_config,
+                                       context=context)
+  return losses.weighted_loss(model_logits(model, params, micro), micro["targets"], micro["loss_mask"],
+                              loss_config, context=context)
+
+
+def micro_batch_log_prob(model, params, micro: dict, loss_config):
+  """log p_t [b, T] (nats) of one micro-batch, forward only."""
+  targets = jnp.where(micro["loss_mask"] > 0, micro["targets"], 0)
+  if loss_config.fused:
+    hidden, kernel = model_logits(model, params, micro, return_hidden=True)
+    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk, False)[0].log_prob
+  return losses.token_stats(model_logits(model, params, micro), targets, with_expected_rank=False).log_prob
 
 
 def make_train_step(model, loss_config, schedule: optax.Schedule):
@@ -30,17 +49,14 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   losses.validate_config(loss_config)
 
   def micro_loss(params, micro, context):
-    return losses.weighted_loss(model_logits(model, params, micro), micro["targets"], micro["loss_mask"],
-                                loss_config, context=context)
+    return micro_batch_loss(model, params, micro, loss_config, context)
 
   def context_of(params, batch):
     if loss_config.name == "talr" and batch["inputs"].shape[0] == 1:
       return None  # one micro-step: the loss builds TALR's context in its own forward pass
     if loss_config.name != "talr":
       return losses.BatchContext(num_tokens=jnp.sum(batch["loss_mask"] > 0).astype(jnp.float32))
-    log_probs = jax.lax.map(
-        lambda micro: losses.token_stats(model_logits(model, params, micro), micro["targets"],
-                                         with_expected_rank=False).log_prob, batch)
+    log_probs = jax.lax.map(lambda micro: micro_batch_log_prob(model, params, micro, loss_config), batch)
     return losses.batch_context(log_probs, batch["loss_mask"], loss_config)
 
   def step(state: train_state.TrainState, batch: dict):

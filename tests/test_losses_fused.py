@@ -1,0 +1,95 @@
+"""The fused LM-head loss equals the dense loss: values, aux, and gradients w.r.t. hidden and kernel."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, PartitionSpec as P
+
+from rankjax import losses
+from tests.helpers import loss_config
+
+CONFIGS = {
+    "sft": {"name": "sft"}, "dft": {"name": "dft"}, "talr": {"name": "talr"}, "eaft": {"name": "eaft"},
+    "ranktuner": {"name": "ranktuner"}, "ranktuner_bound_uniform": {"name": "ranktuner", "form": "bound", "base": "uniform"},
+}
+
+
+def _inputs(b=3, t=37, d=16, v=101, dtype=jnp.float32, seed=0):
+  k1, k2, k3, k4 = jax.random.split(jax.random.PRNGKey(seed), 4)
+  h = jax.random.normal(k1, (b, t, d)).astype(dtype)
+  w = (0.5 * jax.random.normal(k2, (d, v))).astype(dtype)
+  targets = jax.random.randint(k3, (b, t), 0, v)
+  mask = (jax.random.uniform(k4, (b, t)) > 0.3).astype(jnp.float32)
+  return h, w, targets, mask
+
+
+def _dense_and_fused(config, h, w, targets, mask):
+  dense = jax.value_and_grad(lambda h, w: losses.weighted_loss(jnp.dot(h, w, preferred_element_type=jnp.float32),
+                                                               targets, mask, config), argnums=(0, 1), has_aux=True)
+  fused = jax.value_and_grad(lambda h, w: losses.linear_weighted_loss(h, w, targets, mask, config),
+                             argnums=(0, 1), has_aux=True)
+  return jax.jit(dense)(h, w), jax.jit(fused)(h, w)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("chunk", [7, 16, 1000])
+def test_fused_equals_dense(name, chunk):
+  config = loss_config(token_chunk=chunk, **CONFIGS[name])
+  h, w, targets, mask = _inputs()
+  ((l1, a1), (gh1, gw1)), ((l2, a2), (gh2, gw2)) = _dense_and_fused(config, h, w, targets, mask)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  for k in a1:
+    np.testing.assert_allclose(a2[k], a1[k], rtol=1e-5, atol=1e-6, err_msg=k)
+  scale_h, scale_w = float(jnp.max(jnp.abs(gh1))), float(jnp.max(jnp.abs(gw1)))
+  np.testing.assert_allclose(gh2, gh1, rtol=1e-5, atol=1e-5 * scale_h)
+  np.testing.assert_allclose(gw2, gw1, rtol=1e-5, atol=1e-5 * scale_w)
+
+
+def test_fused_bfloat16_inputs():
+  config = loss_config(name="ranktuner", token_chunk=16)
+  h, w, targets, mask = _inputs(dtype=jnp.bfloat16)
+  ((l1, _), (gh1, gw1)), ((l2, _), (gh2, gw2)) = _dense_and_fused(config, h, w, targets, mask)
+  assert gh2.dtype == jnp.bfloat16 and gw2.dtype == jnp.bfloat16
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  # bf16 gradients: both paths round the float32 result to bf16 (2^-8 relative), at different points.
+  np.testing.assert_allclose(np.float32(gh2), np.float32(gh1), rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(gh1))))
+  np.testing.assert_allclose(np.float32(gw2), np.float32(gw1), rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(gw1))))
+
+
+def test_fused_empty_mask_is_zero_not_nan():
+  config = loss_config(name="talr", token_chunk=8)
+  h, w, targets, _ = _inputs()
+  (loss, _), (gh, gw) = jax.value_and_grad(lambda h, w: losses.linear_weighted_loss(h, w, targets, jnp.zeros(targets.shape),
+                                                                                    config), argnums=(0, 1), has_aux=True)(h, w)
+  assert float(loss) == 0.0 and not np.any(gh) and not np.any(gw)
+
+
+@pytest.mark.parametrize("name", ["ranktuner", "talr"])
+def test_fused_under_shard_map_equals_single_device(name):
+  """Tokens split over 8 devices (kernel replicated): global loss on every device, per-device
+  hidden gradients are slices of the single-device one, and the kernel gradient (psum-ed by
+  JAX, the transpose of replicating the kernel) equals the single-device gradient."""
+  config = loss_config(name=name, token_chunk=8)
+  h, w, targets, mask = _inputs(b=8, t=12)
+  (l1, _), (gh1, gw1) = jax.value_and_grad(lambda h, w: losses.linear_weighted_loss(h, w, targets, mask, config),
+                                           argnums=(0, 1), has_aux=True)(h, w)
+  mesh = Mesh(np.asarray(jax.devices()), ("data",))
+
+  def per_device(h, w, t, m):
+    (loss, _), (gh, gw) = jax.value_and_grad(
+        lambda h, w: losses.linear_weighted_loss(h, w, t, m, config, axis_name="data"), argnums=(0, 1), has_aux=True)(h, w)
+    return loss[None], gh, gw
+
+  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"), P(), P("data"), P("data")),
+                     out_specs=(P("data"), P("data"), P()))
+  losses_per_device, gh2, gw2 = jax.jit(fn)(h, w, targets, mask)
+  np.testing.assert_allclose(losses_per_device, np.full(8, l1), rtol=1e-5)
+  np.testing.assert_allclose(gh2, gh1, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(gw2, gw1, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_shape_errors():
+  h, w, targets, mask = _inputs()
+  with pytest.raises(ValueError, match="kernel"):
+    losses.linear_weighted_loss(h, w.T, targets, mask, losses.default_config())
