@@ -30,5 +30,6 @@ def tiny_run_config(**overrides):
 
 
 def loss_config(**fields):
-  """`losses.default_config()` with `fields` set."""
-  return with_overrides(losses.default_config(), fields)
+  """`losses.default_config()` with `fields` set; E[R] exact ("sort") unless `fields` say otherwise,
+  since most tests compare with the exact float64 reference."""
+  return with_overrides(losses.default_config(), {"expected_rank": "sort", **fields})

@@ -62,7 +62,7 @@ BAD = [
     ("name", "SFT"),
     ("form", "approx"),
     ("base", "ones"),
-    ("expected_rank", "histogram"),
+    ("expected_rank", "streaming"),
     ("eaft_top_k", 1),
     ("eaft_top_k", 0),
     ("eaft_alpha", 0.0),

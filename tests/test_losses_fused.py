@@ -33,9 +33,9 @@ def _dense_and_fused(config, h, w, targets, mask):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-@pytest.mark.parametrize("chunk", [7, 16, 1000])
-def test_fused_equals_dense(name, chunk):
-  config = loss_config(token_chunk=chunk, **CONFIGS[name])
+@pytest.mark.parametrize("chunk,method", [(7, "sort"), (16, "histogram"), (1000, "sort")])
+def test_fused_equals_dense(name, chunk, method):
+  config = loss_config(token_chunk=chunk, expected_rank=method, **CONFIGS[name])
   h, w, targets, mask = _inputs()
   ((l1, a1), (gh1, gw1)), ((l2, a2), (gh2, gw2)) = _dense_and_fused(config, h, w, targets, mask)
   np.testing.assert_allclose(l2, l1, rtol=1e-5)
@@ -65,12 +65,12 @@ def test_fused_empty_mask_is_zero_not_nan():
   assert float(loss) == 0.0 and not np.any(gh) and not np.any(gw)
 
 
-@pytest.mark.parametrize("name", ["ranktuner", "talr"])
-def test_fused_under_shard_map_equals_single_device(name):
+@pytest.mark.parametrize("name,method", [("ranktuner", "histogram"), ("ranktuner", "sort"), ("talr", "sort")])
+def test_fused_under_shard_map_equals_single_device(name, method):
   """Tokens split over 8 devices (kernel replicated): global loss on every device, per-device
   hidden gradients are slices of the single-device one, and the kernel gradient (psum-ed by
   JAX, the transpose of replicating the kernel) equals the single-device gradient."""
-  config = loss_config(name=name, token_chunk=8)
+  config = loss_config(name=name, token_chunk=8, expected_rank=method)
   h, w, targets, mask = _inputs(b=8, t=12)
   (l1, _), (gh1, gw1) = jax.value_and_grad(lambda h, w: losses.linear_weighted_loss(h, w, targets, mask, config),
                                            argnums=(0, 1), has_aux=True)(h, w)

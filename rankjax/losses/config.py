@@ -7,7 +7,7 @@ import ml_collections
 SCHEMES = ("sft", "dft", "talr", "eaft", "ranktuner")
 FORMS = ("exact", "bound")
 BASES = ("prob", "uniform")
-EXPECTED_RANK_METHODS = ("sort",)
+EXPECTED_RANK_METHODS = ("sort", "histogram")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -16,7 +16,11 @@ def default_config() -> ml_collections.ConfigDict:
   config.name = "ranktuner"  # one of SCHEMES
   config.form = "exact"  # RankTuner: "exact" uses E[R_t]; "bound" the sort-free surrogate
   config.base = "prob"  # RankTuner base weight b_t: "prob" (p_t) or "uniform" (1)
-  config.expected_rank = "sort"  # how E[R_t] is computed; "sort" is exact
+  # How E[R_t] is computed: "histogram" (O(V), relative error < bin_width / 2, certified
+  # interval) or "sort" (exact, O(V log V)).
+  config.expected_rank = "histogram"
+  config.histogram_bin_width = 0.01  # nats
+  config.histogram_range = 40.0  # nats below the max logit; lower tokens share the tail bin
   config.eaft_top_k = 20
   config.eaft_alpha = 1.0
   config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
@@ -54,10 +58,20 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
   if not 0 < float(config.log_weight_cap) <= 88.0:
     raise ValueError(f"loss config: log_weight_cap={config.log_weight_cap} must be in (0, 88] (float32 range)")
+  if not 0 < float(config.histogram_bin_width) <= 1.0:
+    raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
+  if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):
+    raise ValueError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
   if int(config.token_chunk) < 1:
     raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
   if not float(config.talr_min_tau) > 0:
     raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
+
+
+def expected_rank_options(config) -> dict:
+  """Keyword arguments of `token_stats` for E[R_t] under `config`."""
+  return {"with_expected_rank": needs_expected_rank(config), "expected_rank": config.expected_rank,
+          "bin_width": float(config.histogram_bin_width), "range_nats": float(config.histogram_range)}
 
 
 def needs_expected_rank(config) -> bool:

@@ -17,7 +17,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rankjax.losses.config import needs_expected_rank
+from rankjax.losses.config import expected_rank_options
 from rankjax.losses.stats import TokenStats, token_stats
 from rankjax.losses.weighted_loss import BatchContext, checked_targets, masked_weights, reduce_loss
 from rankjax.losses.weights import topk_entropy_nats
@@ -33,37 +33,37 @@ def _chunked(x, n_chunks: int, chunk: int):
   return x.reshape((n_chunks, chunk) + x.shape[1:])
 
 
-def _forward(hidden, kernel, targets, token_chunk, with_expected_rank, eaft_k):
+def _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
   n = hidden.shape[0]
   chunk = min(token_chunk, n)
   n_chunks = -(-n // chunk)
+  options = dict(stats_options)
 
   def one(args):
     h, t = args
     z = _chunk_logits(h, kernel)
-    s = token_stats(z, t, with_expected_rank=with_expected_rank)
-    topk = topk_entropy_nats(z, eaft_k) if eaft_k else jnp.zeros_like(s.log_prob)
-    er = s.expected_rank if with_expected_rank else jnp.zeros_like(s.log_prob)
-    return s.log_prob, s.entropy_bits, s.rank, er, topk
+    stats = token_stats(z, t, **options)
+    topk = topk_entropy_nats(z, eaft_k) if eaft_k else None
+    return stats, topk
 
   outs = jax.lax.map(one, (_chunked(hidden, n_chunks, chunk), _chunked(targets, n_chunks, chunk)))
-  return tuple(o.reshape(-1)[:n] for o in outs)
+  return jax.tree.map(lambda o: o.reshape(-1)[:n], outs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _fused_stats(hidden, kernel, targets, token_chunk, with_expected_rank, eaft_k):
-  return _forward(hidden, kernel, targets, token_chunk, with_expected_rank, eaft_k)
+def _fused_stats(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
+  return _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k)
 
 
-def _fused_stats_fwd(hidden, kernel, targets, token_chunk, with_expected_rank, eaft_k):
-  out = _forward(hidden, kernel, targets, token_chunk, with_expected_rank, eaft_k)
+def _fused_stats_fwd(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
+  out = _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k)
   return out, (hidden, kernel, targets)
 
 
-def _fused_stats_bwd(token_chunk, with_expected_rank, eaft_k, residuals, cotangents):
-  del with_expected_rank, eaft_k
+def _fused_stats_bwd(token_chunk, stats_options, eaft_k, residuals, cotangents):
+  del stats_options, eaft_k
   hidden, kernel, targets = residuals
-  ct_log_prob = cotangents[0].astype(jnp.float32)  # the other statistics are not differentiable
+  ct_log_prob = cotangents[0].log_prob.astype(jnp.float32)  # the other statistics are not differentiable
   n, v = hidden.shape[0], kernel.shape[1]
   chunk = min(token_chunk, n)
   n_chunks = -(-n // chunk)
@@ -127,9 +127,9 @@ def _check_shapes(hidden, kernel, targets):
 
 
 def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 512,
-                       with_expected_rank: bool = True, eaft_top_k: int = 0) -> tuple[TokenStats, jax.Array | None]:
-  """`token_stats(hidden @ kernel, targets)` without materialising the logits, plus the top-K
-  entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
+                       eaft_top_k: int = 0, **stats_options) -> tuple[TokenStats, jax.Array | None]:
+  """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
+  plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
 
   hidden [..., T, d], kernel [d, V], targets [..., T] (valid ids). Only `log_prob` has a
   gradient, w.r.t. both hidden and kernel.
@@ -138,13 +138,13 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   lead = targets.shape
   hidden, kernel, targets = _to_common_vma(hidden, kernel, targets)
   eaft_k = min(int(eaft_top_k), kernel.shape[1]) if eaft_top_k else 0
-  outs = _fused_stats(hidden.reshape(-1, hidden.shape[-1]), kernel, targets.reshape(-1).astype(jnp.int32),
-                      int(token_chunk), bool(with_expected_rank), eaft_k)
-  log_prob, entropy_bits, rank, expected_rank, topk = (o.reshape(lead) for o in outs)
-  stats = TokenStats(log_prob=log_prob, entropy_bits=jax.lax.stop_gradient(entropy_bits),
-                     rank=jax.lax.stop_gradient(rank),
-                     expected_rank=jax.lax.stop_gradient(expected_rank) if with_expected_rank else None)
-  return stats, (jax.lax.stop_gradient(topk) if eaft_k else None)
+  options = tuple(sorted(stats_options.items()))
+  stats, topk = _fused_stats(hidden.reshape(-1, hidden.shape[-1]), kernel, targets.reshape(-1).astype(jnp.int32),
+                             int(token_chunk), options, eaft_k)
+  stats = jax.tree.map(lambda o: o.reshape(lead), stats)
+  rest = {k: jax.lax.stop_gradient(stats[k]) for k in stats.keys() if k != "log_prob"}
+  stats = TokenStats(log_prob=stats.log_prob, **rest)
+  return stats, (jax.lax.stop_gradient(topk.reshape(lead)) if eaft_k else None)
 
 
 def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, mask: jax.Array, config,
@@ -155,7 +155,7 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
   """
   _check_shapes(hidden, kernel, targets)
   targets = checked_targets(targets, mask, kernel.shape[-1], config)
-  stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk, needs_expected_rank(config),
-                                   config.eaft_top_k if config.name == "eaft" else 0)
+  stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
+                                   config.eaft_top_k if config.name == "eaft" else 0, **expected_rank_options(config))
   w, context = masked_weights(stats, topk, mask, config, kernel.shape[-1], axis_name, context)
   return reduce_loss(stats, w, mask, config, axis_name, context)

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rankjax.losses import expected_rank as er
+
 LN2 = math.log(2.0)
 
 
@@ -20,18 +22,23 @@ class TokenStats:
   rank:          R_t = #{i : p_i >= p_t}, 1-indexed, ties count against the target (int32).
   expected_rank: E[R_t] = sum_k k p_(k) with p_(k) the k-th largest probability;
                  None when not requested.
+  expected_rank_lo, expected_rank_hi: a certified interval around E[R_t] (equal to it when
+                 exact; the histogram method's bounds otherwise); None when not requested.
   """
 
   log_prob: jax.Array
   entropy_bits: jax.Array
   rank: jax.Array
   expected_rank: jax.Array | None = None
+  expected_rank_lo: jax.Array | None = None
+  expected_rank_hi: jax.Array | None = None
 
   def __getitem__(self, key):
     return getattr(self, key)
 
   def keys(self):
-    return [k for k in ("log_prob", "entropy_bits", "rank", "expected_rank") if self[k] is not None]
+    return [k for k in ("log_prob", "entropy_bits", "rank", "expected_rank", "expected_rank_lo", "expected_rank_hi")
+            if self[k] is not None]
 
 
 def _check_shapes(logits, targets):
@@ -42,32 +49,12 @@ def _check_shapes(logits, targets):
     raise TypeError(f"token_stats: targets must be integer token ids, got {targets.dtype}")
 
 
-def _sortable_int_keys(x: jax.Array) -> jax.Array:
-  """int32 keys ordered like the float32 values (an involution: applying it twice gives the bits back).
-
-  XLA:CPU sorts int32 about 6x faster than float32 (measured at [3072, 512]), so rows are
-  sorted as these keys and mapped back.
-  """
-  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
-  return jnp.where(bits < 0, bits ^ jnp.int32(0x7FFFFFFF), bits)
-
-
-def sort_rows(x: jax.Array) -> jax.Array:
-  """float32 rows of `x` sorted ascending along the last axis (same values as jnp.sort)."""
-  keys = jnp.sort(_sortable_int_keys(x), axis=-1)
-  return jax.lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ jnp.int32(0x7FFFFFFF), keys), jnp.float32)
-
-
-def expected_rank_by_sort(logits: jax.Array, lse: jax.Array) -> jax.Array:
-  """E[R] = sum_k k * p_(k) (p_(k): k-th largest probability) from a sort of each row; [...] float32."""
-  ascending = sort_rows(logits)
-  probs = jnp.exp(ascending - lse[..., None])
-  k_desc = jnp.arange(logits.shape[-1], 0, -1, dtype=jnp.float32)
-  return jnp.sum(probs * k_desc, axis=-1)
-
-
-def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True) -> TokenStats:
+def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True, expected_rank: str = "sort",
+                bin_width: float = 0.01, range_nats: float = 40.0) -> TokenStats:
   """Computes `TokenStats` of `logits` [..., T, V] against aligned `targets` [..., T].
+
+  `expected_rank`: "sort" (exact) or "histogram" (O(V), certified interval; `bin_width` and
+  `range_nats` in nats, see `rankjax.losses.expected_rank`).
 
   Position t scores targets[t] (no shifting). Reductions run in float32 whatever the
   logits' dtype. Only `log_prob` carries a gradient; the other statistics are
@@ -86,5 +73,12 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
   p = jnp.exp(log_p)
   entropy_nats = -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)
   rank = jnp.sum(zs >= jax.lax.stop_gradient(z_target)[..., None], axis=-1, dtype=jnp.int32)
-  expected_rank = expected_rank_by_sort(zs, lse_s) if with_expected_rank else None
-  return TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=expected_rank)
+  e = lo = hi = None
+  if with_expected_rank and expected_rank == "sort":
+    e = lo = hi = er.expected_rank_by_sort(zs, lse_s)
+  elif with_expected_rank and expected_rank == "histogram":
+    e, lo, hi = er.expected_rank_by_histogram(zs, lse_s, bin_width, range_nats)
+  elif with_expected_rank:
+    raise ValueError(f"token_stats: expected_rank={expected_rank!r} is not 'sort' or 'histogram'")
+  return TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
+                    expected_rank_lo=lo, expected_rank_hi=hi)

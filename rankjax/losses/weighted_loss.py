@@ -8,7 +8,7 @@ import numpy as np
 from flax import struct
 
 from rankjax.losses import global_reduce
-from rankjax.losses.config import needs_expected_rank, validate_config
+from rankjax.losses.config import expected_rank_options, validate_config
 from rankjax.losses.stats import TokenStats, token_stats
 from rankjax.losses.weights import (TalrContext, ranktuner_weight, scheme_weight, talr_context,
                                    topk_entropy_nats)
@@ -75,7 +75,7 @@ def masked_weights(stats: TokenStats, topk_entropy, mask, config, vocab_size: in
 
 def _stats_and_weights(logits, targets, mask, config, axis_name, context):
   targets = checked_targets(targets, mask, logits.shape[-1], config)
-  stats = token_stats(logits, targets, with_expected_rank=needs_expected_rank(config))
+  stats = token_stats(logits, targets, **expected_rank_options(config))
   topk_entropy = topk_entropy_nats(logits, config.eaft_top_k) if config.name == "eaft" else None
   w, context = masked_weights(stats, topk_entropy, mask, config, logits.shape[-1], axis_name, context)
   return stats, w, context
@@ -110,6 +110,7 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
   }
   if stats.expected_rank is not None:
     aux["mean_expected_rank"] = mean(stats.expected_rank)
+    aux["mean_expected_rank_interval"] = mean(stats.expected_rank_hi - stats.expected_rank_lo)
   if config.diagnostics:
     aux["mean_ranktuner_weight"] = mean(ranktuner_weight(stats, config.form, config.base, config.log_weight_cap))
   if context.talr is not None:

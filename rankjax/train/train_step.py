@@ -33,7 +33,8 @@ def micro_batch_log_prob(model, params, micro: dict, loss_config):
   targets = jnp.where(micro["loss_mask"] > 0, micro["targets"], 0)
   if loss_config.fused:
     hidden, kernel = model_logits(model, params, micro, return_hidden=True)
-    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk, False)[0].log_prob
+    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk,
+                                     with_expected_rank=False)[0].log_prob
   return losses.token_stats(model_logits(model, params, micro), targets, with_expected_rank=False).log_prob
 
 
