@@ -71,10 +71,11 @@ def memory_table(sizes, token_chunk):
           + f"{row['fused RankTuner (histogram)'] / row['dense CE']:>26.3f}")
 
 
-def time_table(sizes, repeats, token_chunk):
-  print(f"\n## forward+backward time, median of {repeats} alternating runs (bf16 inputs, d={D}, 50% mask)")
+def time_table(sizes, repeats, token_chunk, dtype):
+  print(f"\n## forward+backward time, median of {repeats} alternating runs ({jnp.dtype(dtype).name} inputs, d={D}, "
+        f"50% mask)")
   for n, v in sizes:
-    args = inputs(n, v)
+    args = inputs(n, v, dtype)
     fns = {name: loss_fn(fused, fields, token_chunk) for name, (fused, fields) in METHODS.items()}
     for fn in fns.values():
       jax.block_until_ready(fn(*args))
@@ -138,8 +139,10 @@ def main():
   p.add_argument("--time-sizes", default="4096x32768")
   p.add_argument("--memory-sizes", default="4096x32768,8192x32768,4096x151936,8192x151936")
   p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--token-chunk", type=int, default=512)
+  p.add_argument("--token-chunk", type=int, default=128)
   p.add_argument("--demo-workdir", default="")
+  p.add_argument("--time-dtype", default="float32", choices=["float32", "bfloat16"],
+                 help="XLA:CPU has no fast bf16 matmul, so CPU timings default to float32")
   args = p.parse_args()
   parse = lambda s: [tuple(int(x) for x in item.split("x")) for item in s.split(",") if item]  # noqa: E731
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores")
@@ -151,7 +154,7 @@ def main():
     accuracy_rows("demo model (ranktuner run) logits, V=512", demo_logits(args.demo_workdir, 4096),
                   cfg.histogram_bin_width, cfg.histogram_range)
   memory_table(parse(args.memory_sizes), args.token_chunk)
-  time_table(parse(args.time_sizes), args.repeats, args.token_chunk)
+  time_table(parse(args.time_sizes), args.repeats, args.token_chunk, jnp.dtype(args.time_dtype))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def get_config():
   config.data.num_pretrain = 20000
   config.data.num_finetune = 3000
   config.data.num_eval = 300
+  config.loss.token_chunk = 3072  # V = 512: one chunk per micro-batch is cheapest
   config.optimizer.learning_rate = 3e-4
   config.optimizer.weight_decay = 0.01
   config.total_steps = 150  # each fine-tuning run

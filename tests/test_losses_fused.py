@@ -93,3 +93,36 @@ def test_fused_shape_errors():
   h, w, targets, mask = _inputs()
   with pytest.raises(ValueError, match="kernel"):
     losses.linear_weighted_loss(h, w.T, targets, mask, losses.default_config())
+
+
+@pytest.mark.parametrize("pattern", ["prompt_then_response", "all", "one_token"])
+def test_compaction_of_unsupervised_tokens_keeps_results(pattern):
+  """Supervised tokens are moved to the front and chunks without any are skipped: results
+  still equal the dense path (whole chunks skipped when the prompt half is masked)."""
+  config = loss_config(name="ranktuner", token_chunk=8, expected_rank="histogram")
+  h, w, targets, _ = _inputs(b=2, t=40)
+  mask = {"prompt_then_response": jnp.zeros((2, 40)).at[:, 25:].set(1.0), "all": jnp.ones((2, 40)),
+          "one_token": jnp.zeros((2, 40)).at[1, 3].set(1.0)}[pattern]
+  ((l1, a1), (gh1, gw1)), ((l2, a2), (gh2, gw2)) = _dense_and_fused(config, h, w, targets, mask)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  np.testing.assert_allclose(a2["mean_expected_rank"], a1["mean_expected_rank"], rtol=1e-5)
+  np.testing.assert_allclose(gh2, gh1, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gh1))))
+  np.testing.assert_allclose(gw2, gw1, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gw1))))
+  assert not np.any(np.asarray(gh2)[np.asarray(mask) == 0])
+
+
+@pytest.mark.parametrize("vocab_chunk", [32, 48, 0])
+def test_vocab_chunked_backward(vocab_chunk):
+  config = loss_config(name="ranktuner", token_chunk=16, vocab_chunk=vocab_chunk, expected_rank="histogram")
+  h, w, targets, mask = _inputs(v=96)
+  ((l1, _), (gh1, gw1)), ((l2, _), (gh2, gw2)) = _dense_and_fused(config, h, w, targets, mask)
+  np.testing.assert_allclose(l2, l1, rtol=1e-5)
+  np.testing.assert_allclose(gh2, gh1, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gh1))))
+  np.testing.assert_allclose(gw2, gw1, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(gw1))))
+
+
+def test_vocab_chunk_size_divides():
+  from rankjax.losses.fused import vocab_chunk_size
+  assert vocab_chunk_size(151936, 16384) == 9496  # 151936 = 16 * 9496
+  assert vocab_chunk_size(101, 16) == 101  # a prime vocabulary is not cut into slivers
+  assert vocab_chunk_size(512, 0) == 512 and vocab_chunk_size(96, 32) == 32

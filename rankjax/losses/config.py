@@ -33,7 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Fused LM-head loss (`linear_weighted_loss`, used by training when `fused`): the [tokens, V]
   # logits are never materialised; `token_chunk` tokens' logits exist at a time.
   config.fused = True
-  config.token_chunk = 512
+  config.token_chunk = 128
+  # Backward pass: vocabulary slice per float32 d-kernel accumulator (a divisor of V is used; 0: all V).
+  config.vocab_chunk = 16384
   return config
 
 
@@ -62,6 +64,8 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
   if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):
     raise ValueError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
+  if int(config.vocab_chunk) < 0:
+    raise ValueError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
   if int(config.token_chunk) < 1:
     raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
   if not float(config.talr_min_tau) > 0:

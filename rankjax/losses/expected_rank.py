@@ -70,9 +70,9 @@ def log_prob_histogram(logits: jax.Array, lse: jax.Array, bin_width: float, rang
   b = jnp.clip(jnp.floor((row_max[..., None] - z) / bin_width), 0, k - 1).astype(jnp.int32)
   flat = (b.reshape(rows, v) + (jnp.arange(rows, dtype=jnp.int32) * k)[:, None]).reshape(-1)
   p = jnp.exp(z - lse[..., None]).reshape(-1)
-  both = jnp.zeros((rows * k, 2), jnp.float32).at[flat].add(jnp.stack([jnp.ones_like(p), p], axis=-1))
-  both = both.reshape(lead + (k, 2))
-  return both[..., 0], both[..., 1]
+  counts = jnp.zeros((rows * k,), jnp.float32).at[flat].add(1.0)
+  masses = jnp.zeros((rows * k,), jnp.float32).at[flat].add(p)
+  return counts.reshape(lead + (k,)), masses.reshape(lead + (k,))
 
 
 def expected_rank_from_histogram(counts: jax.Array, masses: jax.Array, bin_width: float):

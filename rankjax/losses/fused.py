@@ -33,59 +33,96 @@ def _chunked(x, n_chunks: int, chunk: int):
   return x.reshape((n_chunks, chunk) + x.shape[1:])
 
 
-def _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
-  n = hidden.shape[0]
+def _chunk_count(n: int, token_chunk: int) -> tuple[int, int]:
   chunk = min(token_chunk, n)
-  n_chunks = -(-n // chunk)
+  return chunk, -(-n // chunk)
+
+
+def _zeros_like_outputs(fn, args, like):
+  """Zeros shaped like fn(*args), typed (under shard_map) to vary like `like`."""
+  shapes = jax.eval_shape(fn, args)
+  return jax.tree.map(lambda s: _to_common_vma(jnp.zeros(s.shape, s.dtype), like)[0], shapes)
+
+
+def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k):
+  n = hidden.shape[0]
+  chunk, n_chunks = _chunk_count(n, token_chunk)
   options = dict(stats_options)
 
-  def one(args):
+  def compute(args):
     h, t = args
     z = _chunk_logits(h, kernel)
     stats = token_stats(z, t, **options)
     topk = topk_entropy_nats(z, eaft_k) if eaft_k else None
-    return stats, topk
+    return stats, topk, jax.nn.logsumexp(z, axis=-1)
 
-  outs = jax.lax.map(one, (_chunked(hidden, n_chunks, chunk), _chunked(targets, n_chunks, chunk)))
+  def one(args):
+    h, t, a = args
+    # Chunks without a supervised token (sorted to the end by the caller) skip the LM head.
+    return jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t))
+
+  outs = jax.lax.map(one, (_chunked(hidden, n_chunks, chunk), _chunked(targets, n_chunks, chunk),
+                           _chunked(active, n_chunks, chunk)))
   return jax.tree.map(lambda o: o.reshape(-1)[:n], outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _fused_stats(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
-  return _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _fused_stats(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk):
+  return _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k)[:2]
 
 
-def _fused_stats_fwd(hidden, kernel, targets, token_chunk, stats_options, eaft_k):
-  out = _forward(hidden, kernel, targets, token_chunk, stats_options, eaft_k)
-  return out, (hidden, kernel, targets)
+def _fused_stats_fwd(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk):
+  del vocab_chunk
+  stats, topk, lse = _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k)
+  return (stats, topk), (hidden, kernel, targets, active, lse)
 
 
-def _fused_stats_bwd(token_chunk, stats_options, eaft_k, residuals, cotangents):
+def vocab_chunk_size(v: int, target: int) -> int:
+  """The largest divisor of V in [target / 4, target]; V itself when there is none, or when
+  target is 0 or >= V."""
+  if target <= 0 or target >= v:
+    return v
+  return next((c for c in range(target, max(target // 4, 1) - 1, -1) if v % c == 0), v)
+
+
+def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, residuals, cotangents):
+  """Vocabulary chunks outside, token chunks inside: the float32 accumulator of d kernel is one
+  [d, vocab_chunk] slice at a time, and d hidden accumulates in float32 across slices."""
   del stats_options, eaft_k
-  hidden, kernel, targets = residuals
+  hidden, kernel, targets, active, lse = residuals
   ct_log_prob = cotangents[0].log_prob.astype(jnp.float32)  # the other statistics are not differentiable
-  n, v = hidden.shape[0], kernel.shape[1]
-  chunk = min(token_chunk, n)
-  n_chunks = -(-n // chunk)
+  n, d, v = hidden.shape[0], hidden.shape[1], kernel.shape[1]
+  chunk, n_chunks = _chunk_count(n, token_chunk)
+  vc = vocab_chunk_size(v, vocab_chunk)
+  tokens = tuple(_chunked(x, n_chunks, chunk) for x in (hidden, targets, ct_log_prob, lse, active))
 
-  def chunk_grads(h, t, c):
-    z = _chunk_logits(h, kernel)
-    p = jax.nn.softmax(z, axis=-1)
-    g = c[:, None] * (jax.nn.one_hot(t, v, dtype=jnp.float32) - p)  # d log p_t / d z = onehot - softmax
-    d_h = jnp.dot(g.astype(h.dtype), kernel.astype(h.dtype).T, preferred_element_type=jnp.float32)
-    return d_h.astype(hidden.dtype), jnp.dot(h.T, g.astype(h.dtype), preferred_element_type=jnp.float32)
+  def vocab_step(carry, i):
+    d_hidden, d_kernel = carry
+    w = jax.lax.dynamic_slice_in_dim(kernel, i * vc, vc, axis=1).astype(hidden.dtype)
 
-  def one(d_kernel, args):
-    d_h, d_k = chunk_grads(*args)
-    return d_kernel + d_k, d_h
+    def compute(args):
+      h, t, c, l = args
+      z = jnp.dot(h, w, preferred_element_type=jnp.float32)
+      # d log p_t / d z = onehot - softmax, one elementwise expression (no one-hot or softmax buffer).
+      onehot = (jnp.arange(vc, dtype=jnp.int32) + i * vc)[None, :] == t[:, None]
+      g = (c[:, None] * (onehot.astype(jnp.float32) - jnp.exp(z - l[:, None]))).astype(h.dtype)
+      return jnp.dot(h.T, g, preferred_element_type=jnp.float32), jnp.dot(g, w.T, preferred_element_type=jnp.float32)
 
-  chunks = (_chunked(hidden, n_chunks, chunk), _chunked(targets, n_chunks, chunk),
-            _chunked(ct_log_prob, n_chunks, chunk))
-  # The first chunk seeds the float32 accumulator, so it carries the right sharding type under shard_map.
-  d_h0, d_kernel = chunk_grads(*(x[0] for x in chunks))
-  d_kernel, d_hidden = jax.lax.scan(one, d_kernel, tuple(x[1:] for x in chunks))
-  d_hidden = jnp.concatenate([d_h0[None], d_hidden], axis=0)
-  return d_hidden.reshape(-1, hidden.shape[1])[:n], d_kernel.astype(kernel.dtype), None
+    def token_step(d_w, args):
+      h, t, c, l, a = args
+      dw, dh = jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t, c, l))
+      return d_w + dw, dh
+
+    d_w0 = _to_common_vma(jnp.zeros((d, vc), jnp.float32), hidden, kernel)[0]
+    d_w, dh = jax.lax.scan(token_step, d_w0, tokens)
+    # Written in place into the carried [d, V] result: no stacked copy to transpose afterwards.
+    d_kernel = jax.lax.dynamic_update_slice_in_dim(d_kernel, d_w.astype(kernel.dtype), i * vc, axis=1)
+    return (d_hidden + dh.reshape(-1, d), d_kernel), None
+
+  d_hidden0, d_kernel0 = _to_common_vma(jnp.zeros((n_chunks * chunk, d), jnp.float32),
+                                        jnp.zeros(kernel.shape, kernel.dtype), hidden, kernel)[:2]
+  (d_hidden, d_kernel), _ = jax.lax.scan(vocab_step, (d_hidden0, d_kernel0), jnp.arange(v // vc))
+  return d_hidden[:n].astype(hidden.dtype), d_kernel, None, None
 
 
 _fused_stats.defvjp(_fused_stats_fwd, _fused_stats_bwd)
@@ -126,21 +163,35 @@ def _check_shapes(hidden, kernel, targets):
                      f"and targets {targets.shape} [..., T]")
 
 
-def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 512,
-                       eaft_top_k: int = 0, **stats_options) -> tuple[TokenStats, jax.Array | None]:
+def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 128,
+                       eaft_top_k: int = 0, mask: jax.Array | None = None, vocab_chunk: int = 16384,
+                       **stats_options) -> tuple[TokenStats, jax.Array | None]:
   """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
   plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
 
   hidden [..., T, d], kernel [d, V], targets [..., T] (valid ids). Only `log_prob` has a
-  gradient, w.r.t. both hidden and kernel.
+  gradient, w.r.t. both hidden and kernel. With `mask` [..., T], supervised tokens are moved
+  to the front (a static-shape permutation) and token chunks holding none are skipped in
+  both passes: their statistics are 0 and they cost no LM-head FLOPs.
   """
   _check_shapes(hidden, kernel, targets)
   lead = targets.shape
   hidden, kernel, targets = _to_common_vma(hidden, kernel, targets)
   eaft_k = min(int(eaft_top_k), kernel.shape[1]) if eaft_top_k else 0
   options = tuple(sorted(stats_options.items()))
-  stats, topk = _fused_stats(hidden.reshape(-1, hidden.shape[-1]), kernel, targets.reshape(-1).astype(jnp.int32),
-                             int(token_chunk), options, eaft_k)
+  flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).astype(jnp.int32)
+  if mask is None:
+    active = jnp.ones(flat_t.shape, bool)
+    order = None
+  else:
+    active = mask.reshape(-1) > 0
+    order = jnp.argsort(~active, stable=True)  # supervised first
+    flat_h, flat_t, active = flat_h[order], flat_t[order], active[order]
+  active = _to_common_vma(active, flat_h)[0]
+  stats, topk = _fused_stats(flat_h, kernel, flat_t, active, int(token_chunk), options, eaft_k, int(vocab_chunk))
+  if order is not None:
+    inverse = jnp.argsort(order)
+    stats, topk = jax.tree.map(lambda o: o[inverse], (stats, topk))
   stats = jax.tree.map(lambda o: o.reshape(lead), stats)
   rest = {k: jax.lax.stop_gradient(stats[k]) for k in stats.keys() if k != "log_prob"}
   stats = TokenStats(log_prob=stats.log_prob, **rest)
@@ -156,6 +207,8 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
   _check_shapes(hidden, kernel, targets)
   targets = checked_targets(targets, mask, kernel.shape[-1], config)
   stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
-                                   config.eaft_top_k if config.name == "eaft" else 0, **expected_rank_options(config))
+                                   config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
+                                   vocab_chunk=config.vocab_chunk,
+                                   **expected_rank_options(config))
   w, context = masked_weights(stats, topk, mask, config, kernel.shape[-1], axis_name, context)
   return reduce_loss(stats, w, mask, config, axis_name, context)
