@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from rankjax.losses.config import expected_rank_options
 from rankjax.losses.stats import TokenStats, token_stats
 from rankjax.losses.weighted_loss import BatchContext, checked_targets, masked_weights, reduce_loss
+from rankjax.losses.vocab_parallel import sharded_token_stats, sharded_topk_entropy_nats
 from rankjax.losses.weights import topk_entropy_nats
 
 
@@ -44,7 +45,7 @@ def _zeros_like_outputs(fn, args, like):
   return jax.tree.map(lambda s: _to_common_vma(jnp.zeros(s.shape, s.dtype), like)[0], shapes)
 
 
-def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k):
+def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis):
   n = hidden.shape[0]
   chunk, n_chunks = _chunk_count(n, token_chunk)
   options = dict(stats_options)
@@ -52,12 +53,17 @@ def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k
   def compute(args):
     h, t = args
     z = _chunk_logits(h, kernel)
+    if vocab_axis is not None:
+      stats, lse = sharded_token_stats(z, t, vocab_axis, **options)
+      return stats, (sharded_topk_entropy_nats(z, eaft_k, vocab_axis) if eaft_k else None), lse
     stats = token_stats(z, t, **options)
     topk = topk_entropy_nats(z, eaft_k) if eaft_k else None
     return stats, topk, jax.nn.logsumexp(z, axis=-1)
 
   def one(args):
     h, t, a = args
+    if vocab_axis is not None:  # collectives run on every device of the axis: no skipping
+      return compute((h, t))
     # Chunks without a supervised token (sorted to the end by the caller) skip the LM head.
     return jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t))
 
@@ -66,14 +72,14 @@ def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k
   return jax.tree.map(lambda o: o.reshape(-1)[:n], outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _fused_stats(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk):
-  return _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k)[:2]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _fused_stats(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis):
+  return _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis)[:2]
 
 
-def _fused_stats_fwd(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk):
+def _fused_stats_fwd(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis):
   del vocab_chunk
-  stats, topk, lse = _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k)
+  stats, topk, lse = _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis)
   return (stats, topk), (hidden, kernel, targets, active, lse)
 
 
@@ -85,15 +91,17 @@ def vocab_chunk_size(v: int, target: int) -> int:
   return next((c for c in range(target, max(target // 4, 1) - 1, -1) if v % c == 0), v)
 
 
-def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, residuals, cotangents):
+def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis, residuals, cotangents):
   """Vocabulary chunks outside, token chunks inside: the float32 accumulator of d kernel is one
-  [d, vocab_chunk] slice at a time, and d hidden accumulates in float32 across slices."""
+  [d, vocab_chunk] slice at a time, and d hidden accumulates in float32 across slices. With a
+  sharded vocabulary this device's slices give a partial d hidden, summed over the axis."""
   del stats_options, eaft_k
   hidden, kernel, targets, active, lse = residuals
   ct_log_prob = cotangents[0].log_prob.astype(jnp.float32)  # the other statistics are not differentiable
   n, d, v = hidden.shape[0], hidden.shape[1], kernel.shape[1]
   chunk, n_chunks = _chunk_count(n, token_chunk)
   vc = vocab_chunk_size(v, vocab_chunk)
+  first_id = 0 if vocab_axis is None else jax.lax.axis_index(vocab_axis) * v
   tokens = tuple(_chunked(x, n_chunks, chunk) for x in (hidden, targets, ct_log_prob, lse, active))
 
   def vocab_step(carry, i):
@@ -104,13 +112,16 @@ def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, residuals,
       h, t, c, l = args
       z = jnp.dot(h, w, preferred_element_type=jnp.float32)
       # d log p_t / d z = onehot - softmax, one elementwise expression (no one-hot or softmax buffer).
-      onehot = (jnp.arange(vc, dtype=jnp.int32) + i * vc)[None, :] == t[:, None]
+      onehot = (jnp.arange(vc, dtype=jnp.int32) + first_id + i * vc)[None, :] == t[:, None]
       g = (c[:, None] * (onehot.astype(jnp.float32) - jnp.exp(z - l[:, None]))).astype(h.dtype)
       return jnp.dot(h.T, g, preferred_element_type=jnp.float32), jnp.dot(g, w.T, preferred_element_type=jnp.float32)
 
     def token_step(d_w, args):
       h, t, c, l, a = args
-      dw, dh = jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t, c, l))
+      if vocab_axis is not None:
+        dw, dh = compute((h, t, c, l))
+      else:
+        dw, dh = jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t, c, l))
       return d_w + dw, dh
 
     d_w0 = _to_common_vma(jnp.zeros((d, vc), jnp.float32), hidden, kernel)[0]
@@ -122,6 +133,8 @@ def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, residuals,
   d_hidden0, d_kernel0 = _to_common_vma(jnp.zeros((n_chunks * chunk, d), jnp.float32),
                                         jnp.zeros(kernel.shape, kernel.dtype), hidden, kernel)[:2]
   (d_hidden, d_kernel), _ = jax.lax.scan(vocab_step, (d_hidden0, d_kernel0), jnp.arange(v // vc))
+  if vocab_axis is not None:
+    d_hidden = jax.lax.psum(d_hidden, vocab_axis)  # each device saw its vocabulary slice only
   return d_hidden[:n].astype(hidden.dtype), d_kernel, None, None
 
 
@@ -137,14 +150,14 @@ def _vma(x) -> frozenset:
   return frozenset(getattr(manual, "varying", ()))
 
 
-def _to_common_vma(*xs):
+def _to_common_vma(*xs, exclude=()):
   """Under `shard_map`, marks every input as varying over the union of the inputs' varying axes.
 
   A custom VJP must return cotangents typed like its inputs; a replicated kernel meeting
   device-varying hidden states would otherwise get a varying cotangent. Marking it varying
   up front makes JAX insert the psum of its cotangent (the transpose of the cast) itself.
   """
-  union = frozenset().union(*(_vma(x) for x in xs))
+  union = frozenset().union(*(_vma(x) for x in xs)) - frozenset(exclude)
   if not union:
     return xs
   cast = getattr(jax.lax, "pcast", None)
@@ -165,7 +178,7 @@ def _check_shapes(hidden, kernel, targets):
 
 def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 128,
                        eaft_top_k: int = 0, mask: jax.Array | None = None, vocab_chunk: int = 16384,
-                       **stats_options) -> tuple[TokenStats, jax.Array | None]:
+                       vocab_axis_name=None, **stats_options) -> tuple[TokenStats, jax.Array | None]:
   """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
   plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
 
@@ -173,14 +186,24 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   gradient, w.r.t. both hidden and kernel. With `mask` [..., T], supervised tokens are moved
   to the front (a static-shape permutation) and token chunks holding none are skipped in
   both passes: their statistics are 0 and they cost no LM-head FLOPs.
+
+  With `vocab_axis_name` (inside shard_map), `kernel` is this device's vocabulary slice
+  [d, V / P] of the mesh axis of that name and `targets` hold global ids; the statistics are
+  those of the whole vocabulary (see `rankjax.losses.vocab_parallel`).
   """
   _check_shapes(hidden, kernel, targets)
   lead = targets.shape
-  hidden, kernel, targets = _to_common_vma(hidden, kernel, targets)
-  eaft_k = min(int(eaft_top_k), kernel.shape[1]) if eaft_top_k else 0
+  vocab_axes = () if vocab_axis_name is None else (
+      (vocab_axis_name,) if isinstance(vocab_axis_name, str) else tuple(vocab_axis_name))
+  # Hidden states and targets stay replicated over the vocabulary axes (their cotangent is
+  # psum-ed over those axes in the backward rule); the kernel varies over everything.
+  hidden, targets = _to_common_vma(hidden, kernel, targets, exclude=vocab_axes)[::2]
+  kernel = _to_common_vma(kernel, hidden)[0]
+  vocab_size = kernel.shape[1] * (jax.lax.axis_size(vocab_axis_name) if vocab_axis_name is not None else 1)
+  eaft_k = min(int(eaft_top_k), vocab_size) if eaft_top_k else 0
   options = tuple(sorted(stats_options.items()))
   flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).astype(jnp.int32)
-  if mask is None:
+  if mask is None or vocab_axis_name is not None:
     active = jnp.ones(flat_t.shape, bool)
     order = None
   else:
@@ -188,7 +211,9 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
     order = jnp.argsort(~active, stable=True)  # supervised first
     flat_h, flat_t, active = flat_h[order], flat_t[order], active[order]
   active = _to_common_vma(active, flat_h)[0]
-  stats, topk = _fused_stats(flat_h, kernel, flat_t, active, int(token_chunk), options, eaft_k, int(vocab_chunk))
+  vocab_axis = tuple(vocab_axis_name) if isinstance(vocab_axis_name, list) else vocab_axis_name
+  stats, topk = _fused_stats(flat_h, kernel, flat_t, active, int(token_chunk), options, eaft_k, int(vocab_chunk),
+                             vocab_axis)
   if order is not None:
     inverse = jnp.argsort(order)
     stats, topk = jax.tree.map(lambda o: o[inverse], (stats, topk))
@@ -199,16 +224,24 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 
 def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, mask: jax.Array, config,
-                         axis_name=None, context: BatchContext | None = None) -> tuple[jax.Array, dict]:
+                         axis_name=None, context: BatchContext | None = None,
+                         vocab_axis_name=None) -> tuple[jax.Array, dict]:
   """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context)` with the LM head
   fused: same loss, aux and gradients (w.r.t. hidden and kernel), O(config.token_chunk * V)
   temporary memory. See `rankjax.losses.weighted_loss` for the arguments and the result.
+
+  `axis_name`: the mesh axes the tokens are split over. `vocab_axis_name`: the mesh axis the
+  kernel's vocabulary dimension is split over (inside shard_map; `kernel` is then the local
+  slice and the vocabulary size is its width times the axis size).
   """
   _check_shapes(hidden, kernel, targets)
-  targets = checked_targets(targets, mask, kernel.shape[-1], config)
+  vocab_size = kernel.shape[-1]
+  if vocab_axis_name is not None:
+    vocab_size *= jax.lax.axis_size(vocab_axis_name)
+  targets = checked_targets(targets, mask, vocab_size, config)
   stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
                                    config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
-                                   vocab_chunk=config.vocab_chunk,
+                                   vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
                                    **expected_rank_options(config))
-  w, context = masked_weights(stats, topk, mask, config, kernel.shape[-1], axis_name, context)
+  w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
   return reduce_loss(stats, w, mask, config, axis_name, context)
