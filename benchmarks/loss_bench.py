@@ -29,6 +29,7 @@ METHODS = {  # name: (fused, loss fields)
     "dense CE": (False, {"name": "sft", "diagnostics": False}),
     "dense RankTuner (sort)": (False, {"name": "ranktuner", "expected_rank": "sort", "diagnostics": False}),
     "fused CE": (True, {"name": "sft", "diagnostics": False}),
+    "fused CE (no compaction)": (True, {"name": "sft", "diagnostics": False, "compact_tokens": False}),
     "fused RankTuner (histogram)": (True, {"name": "ranktuner", "expected_rank": "histogram", "diagnostics": False}),
     "fused RankTuner (sort)": (True, {"name": "ranktuner", "expected_rank": "sort", "diagnostics": False}),
 }
@@ -61,11 +62,12 @@ def temp_bytes(fn, args) -> int:
   return int(fn.lower(*shapes).compile().memory_analysis().temp_size_in_bytes)
 
 
-def memory_table(sizes, token_chunk):
-  print(f"\n## compiled temporary memory, forward+backward (bf16 inputs, d={D}, token_chunk={token_chunk})")
+def memory_table(sizes, token_chunk, dtype):
+  print(f"\n## compiled temporary memory, forward+backward ({jnp.dtype(dtype).name} inputs, d={D}, "
+        f"token_chunk={token_chunk})")
   print(f"{'N':>6} {'V':>7}  " + "".join(f"{m:>30}" for m in METHODS) + f"{'fused RT(hist)/dense CE':>26}")
   for n, v in sizes:
-    args = inputs(n, v)
+    args = inputs(n, v, dtype)
     row = {name: temp_bytes(loss_fn(fused, fields, token_chunk), args) for name, (fused, fields) in METHODS.items()}
     print(f"{n:>6} {v:>7}  " + "".join(f"{row[m] / 2**20:>27.0f}MiB" for m in METHODS)
           + f"{row['fused RankTuner (histogram)'] / row['dense CE']:>26.3f}")
@@ -89,7 +91,9 @@ def time_table(sizes, repeats, token_chunk, dtype):
     print(f"N={n} V={v}: " + ", ".join(f"{k} {t:.2f}s" for k, t in med.items()))
     print(f"  fused RankTuner (histogram) / fused CE = {med['fused RankTuner (histogram)'] / med['fused CE']:.3f}; "
           f"fused RankTuner (sort) / fused CE = {med['fused RankTuner (sort)'] / med['fused CE']:.3f}; "
-          f"fused CE / dense CE = {med['fused CE'] / med['dense CE']:.3f}")
+          f"fused CE / dense CE = {med['fused CE'] / med['dense CE']:.3f}; "
+          f"compaction at 50% mask: fused CE / fused CE (no compaction) = "
+          f"{med['fused CE'] / med['fused CE (no compaction)']:.3f}")
 
 
 def accuracy_rows(name, z, bin_width, range_nats):
@@ -153,7 +157,8 @@ def main():
   if args.demo_workdir:
     accuracy_rows("demo model (ranktuner run) logits, V=512", demo_logits(args.demo_workdir, 4096),
                   cfg.histogram_bin_width, cfg.histogram_range)
-  memory_table(parse(args.memory_sizes), args.token_chunk)
+  for dtype in (jnp.bfloat16, jnp.float32):
+    memory_table(parse(args.memory_sizes), args.token_chunk, dtype)
   time_table(parse(args.time_sizes), args.repeats, args.token_chunk, jnp.dtype(args.time_dtype))
 
 

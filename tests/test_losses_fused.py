@@ -95,11 +95,12 @@ def test_fused_shape_errors():
     losses.linear_weighted_loss(h, w.T, targets, mask, losses.default_config())
 
 
-@pytest.mark.parametrize("pattern", ["prompt_then_response", "all", "one_token"])
-def test_compaction_of_unsupervised_tokens_keeps_results(pattern):
+@pytest.mark.parametrize("pattern,compact", [("prompt_then_response", True), ("all", True), ("one_token", True),
+                                             ("prompt_then_response", False)])
+def test_compaction_of_unsupervised_tokens_keeps_results(pattern, compact):
   """Supervised tokens are moved to the front and chunks without any are skipped: results
   still equal the dense path (whole chunks skipped when the prompt half is masked)."""
-  config = loss_config(name="ranktuner", token_chunk=8, expected_rank="histogram")
+  config = loss_config(name="ranktuner", token_chunk=8, expected_rank="histogram", compact_tokens=compact)
   h, w, targets, _ = _inputs(b=2, t=40)
   mask = {"prompt_then_response": jnp.zeros((2, 40)).at[:, 25:].set(1.0), "all": jnp.ones((2, 40)),
           "one_token": jnp.zeros((2, 40)).at[1, 3].set(1.0)}[pattern]

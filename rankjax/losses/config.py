@@ -34,6 +34,9 @@ def default_config() -> ml_collections.ConfigDict:
   # logits are never materialised; `token_chunk` tokens' logits exist at a time.
   config.fused = True
   config.token_chunk = 128
+  # Move supervised tokens to the front and skip token chunks without any (no LM-head FLOPs
+  # for prompt tokens); off only to measure what it saves.
+  config.compact_tokens = True
   # Backward pass: vocabulary slice per float32 d-kernel accumulator (a divisor of V is used; 0: all V).
   config.vocab_chunk = 16384
   return config

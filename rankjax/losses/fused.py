@@ -240,7 +240,8 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
     vocab_size *= jax.lax.axis_size(vocab_axis_name)
   targets = checked_targets(targets, mask, vocab_size, config)
   stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
-                                   config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
+                                   config.eaft_top_k if config.name == "eaft" else 0,
+                                   mask=mask if config.compact_tokens else None,
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
                                    **expected_rank_options(config))
   w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
