@@ -1,15 +1,16 @@
-"""The LM head fused into the loss: per-token statistics of softmax(hidden @ kernel) computed chunk by
-chunk over tokens, never materialising the [tokens, V] logits, with a custom VJP that recomputes
-each chunk's logits in the backward pass.
+"""The LM head fused into the loss: per-token statistics of softmax(hidden @ kernel) without ever
+materialising the [tokens, V] logits, under a custom VJP.
 
-Forward: the tokens are split into chunks of `token_chunk`; for each chunk the [chunk, V] logits
-are formed (input dtype, float32 accumulation), reduced to the per-token statistics (log p_t,
-entropy, rank, expected rank, top-K entropy) and dropped. Backward: only log p_t is
-differentiable; with its cotangent c_t, the logits' cotangent is c_t (onehot - softmax), which
-is recomputed per chunk and contracted at once into d hidden and d kernel (float32
-accumulator). Peak temporary memory is O(token_chunk * V) instead of O(tokens * V).
+Forward: tokens in chunks of `token_chunk`; each chunk's [chunk, V] logits are formed (input
+dtype, float32 accumulation), reduced to the per-token statistics (log p_t, entropy, rank,
+expected rank, top-K entropy) and dropped. Backward: only log p_t is differentiable; with its
+cotangent c_t the logits' cotangent is c_t (onehot - softmax). It is recomputed per
+(vocabulary slice, token chunk) and contracted at once into d hidden and d kernel, with one
+[d, vocab_chunk] float32 accumulator at a time. Peak temporary memory is O(token_chunk * V)
+instead of O(tokens * V). With a mask, supervised tokens are moved first and chunks without
+any are skipped (no LM-head FLOPs for prompts). With `vocab_axis_name` the kernel is a
+vocabulary shard and the statistics combine across shards (`rankjax.losses.vocab_parallel`).
 """
-
 from __future__ import annotations
 
 import functools
