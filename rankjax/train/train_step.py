@@ -33,8 +33,9 @@ def micro_batch_log_prob(model, params, micro: dict, loss_config):
   targets = jnp.where(micro["loss_mask"] > 0, micro["targets"], 0)
   if loss_config.fused:
     hidden, kernel = model_logits(model, params, micro, return_hidden=True)
-    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk,
-                                     with_expected_rank=False)[0].log_prob
+    mask = micro["loss_mask"] if loss_config.compact_tokens else None
+    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk, mask=mask,
+                                     vocab_chunk=loss_config.vocab_chunk, with_expected_rank=False)[0].log_prob
   return losses.token_stats(model_logits(model, params, micro), targets, with_expected_rank=False).log_prob
 
 
@@ -44,8 +45,8 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
   gradient is that of the loss over all A*b sequences: every micro-step divides by the
   supervised-token count of the whole batch, and TALR's median is taken over the whole
-  batch in a forward-only pre-pass. A step whose loss, gradient or updated parameters are not finite leaves
-  the state unchanged and reports `nonfinite = 1`.
+  batch in a forward-only pre-pass. A step whose loss, gradient or updated parameters are
+  not finite leaves the state unchanged and reports `nonfinite = 1`.
   """
   losses.validate_config(loss_config)
 
