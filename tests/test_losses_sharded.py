@@ -12,7 +12,6 @@ mesh, shard_map on a 2-D mesh), so each mapping compiles once.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh

@@ -57,9 +57,8 @@ def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k
     if vocab_axis is not None:
       stats, lse = sharded_token_stats(z, t, vocab_axis, **options)
       return stats, (sharded_topk_entropy_nats(z, eaft_k, vocab_axis) if eaft_k else None), lse
-    stats = token_stats(z, t, **options)
-    topk = topk_entropy_nats(z, eaft_k) if eaft_k else None
-    return stats, topk, jax.nn.logsumexp(z, axis=-1)
+    stats, lse = token_stats(z, t, return_lse=True, **options)
+    return stats, (topk_entropy_nats(z, eaft_k) if eaft_k else None), lse
 
   def one(args):
     h, t, a = args

@@ -50,11 +50,12 @@ def _check_shapes(logits, targets):
 
 
 def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True, expected_rank: str = "sort",
-                bin_width: float = 0.01, range_nats: float = 40.0) -> TokenStats:
+                bin_width: float = 0.01, range_nats: float = 40.0, return_lse: bool = False) -> TokenStats:
   """Computes `TokenStats` of `logits` [..., T, V] against aligned `targets` [..., T].
 
   `expected_rank`: "sort" (exact) or "histogram" (O(V), certified interval; `bin_width` and
-  `range_nats` in nats, see `rankjax.losses.expected_rank`).
+  `range_nats` in nats, see `rankjax.losses.expected_rank`). With `return_lse`, returns
+  (stats, log-normaliser [..., T] in nats, stop-gradient).
 
   Position t scores targets[t] (no shifting). Reductions run in float32 whatever the
   logits' dtype. Only `log_prob` carries a gradient; the other statistics are
@@ -80,5 +81,6 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
     e, lo, hi = er.expected_rank_by_histogram(zs, lse_s, bin_width, range_nats)
   elif with_expected_rank:
     raise ValueError(f"token_stats: expected_rank={expected_rank!r} is not 'sort' or 'histogram'")
-  return TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
-                    expected_rank_lo=lo, expected_rank_hi=hi)
+  stats = TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
+                     expected_rank_lo=lo, expected_rank_hi=hi)
+  return (stats, lse_s) if return_lse else stats

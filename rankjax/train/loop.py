@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax.training import train_state
