@@ -22,6 +22,8 @@ setup(
         "importlib_resources>=6.0",
         "tokenizers>=0.23",
         "safetensors>=0.8",
+        "ml_dtypes>=0.5",
+        "jinja2>=3.1",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "tqdm>=4.66",

@@ -80,9 +80,10 @@ def test_bfloat16_compute():
   assert out.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
 
 
-def test_remat_same_gradient():
+@pytest.mark.parametrize("policy", ["layer", "dots_saveable"])
+def test_remat_same_gradient(policy):
   m1, p = _model()
-  m2, _ = _model(remat=True)
+  m2, _ = _model(remat=policy)
   ids = jnp.arange(8, dtype=jnp.int32)[None]
   g1 = jax.grad(lambda p: m1.apply({"params": p}, ids).sum())(p)
   g2 = jax.grad(lambda p: m2.apply({"params": p}, ids).sum())(p)
@@ -90,9 +91,21 @@ def test_remat_same_gradient():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_library_attention_matches_xla_with_padding_and_packing():
+  m1, p = _model()
+  m2, _ = _model(attention_impl="dot_product_attention")
+  ids = jnp.arange(1, 11, dtype=jnp.int32)[None]
+  segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0, 0, 0]], jnp.int32)
+  positions = jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0, 0, 0]], jnp.int32)
+  a = m1.apply({"params": p}, ids, positions=positions, segment_ids=segments)
+  b = m2.apply({"params": p}, ids, positions=positions, segment_ids=segments)
+  np.testing.assert_allclose(a[:, :7], b[:, :7], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("num_kv_heads", 3, "num_kv_heads"), ("hidden_size", 30, "hidden_size"), ("dtype", "float8", "dtype"),
-    ("vocab_size", 0, "vocab_size")])
+    ("vocab_size", 0, "vocab_size"), ("remat", "full", "remat"), ("attention_impl", "flash", "attention_impl"),
+    ("rope_scaling", "yarn", "rope_scaling"), ("architecture", "gpt2", "architecture")])
 def test_invalid_model_config(field, value, match):
   c = models.default_config()
   c[field] = value

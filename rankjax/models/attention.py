@@ -1,14 +1,32 @@
-"""Grouped-query self-attention with rotary embeddings."""
+"""Grouped-query self-attention with rotary embeddings (optional q/k/v/o biases and q/k RMSNorm)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import apply_rotary
 
 # A large finite negative (not -inf) so a fully masked padding row gives a uniform
 # softmax instead of NaN; padding rows never reach the loss.
 MASK_VALUE = -1e30
+
+
+def xla_attention(q, k, v, mask):
+  """softmax(q k^T / sqrt(d)) v with scores in float32: q [B, T, H, D], k/v [B, S, K, D], mask [B, 1, T, S] -> [B, T, H, D]."""
+  b, t, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, h // kv_heads, d)
+  scores = jnp.einsum("btngk,bsnk->bngts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(d))
+  scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bngts,bsnk->btngk", probs, v).reshape(b, t, h, d)
+
+
+def library_attention(q, k, v, mask, implementation=None):
+  """`jax.nn.dot_product_attention` (implementation None: JAX's choice; "cudnn": cuDNN flash attention on GPU)."""
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
 class Attention(nn.Module):
@@ -18,6 +36,10 @@ class Attention(nn.Module):
   num_kv_heads: int
   head_dim: int
   qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  norm_eps: float = 1e-6
+  impl: str = "xla"
   init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -40,26 +62,31 @@ class Attention(nn.Module):
     values are written at slots index.. index + T - 1, queries attend over all S slots
     (the mask decides which), and the result is (out, (k, v)) with the updated cache.
     """
-    b, t, d = x.shape
+    d = x.shape[-1]
     x = x.astype(self.dtype)
-    q = apply_rotary(self._proj("q", x, self.num_heads, ("embed", "heads", "kv")), cos, sin)
-    k = apply_rotary(self._proj("k", x, self.num_kv_heads, ("embed", "kv_heads", "kv")), cos, sin)
+    q = self._proj("q", x, self.num_heads, ("embed", "heads", "kv"))
+    k = self._proj("k", x, self.num_kv_heads, ("embed", "kv_heads", "kv"))
     v = self._proj("v", x, self.num_kv_heads, ("embed", "kv_heads", "kv"))
+    if self.qk_norm:
+      q = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="q_norm")(q)
+      k = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="k_norm")(k)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if kv_cache is not None:
       cache_k, cache_v, index = kv_cache
       k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
       v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
       new_cache = (k, v)
 
-    groups = self.num_heads // self.num_kv_heads
-    q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-    scores = jnp.einsum("btngk,bsnk->bngts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(self.head_dim))
-    scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bngts,bsnk->btngk", probs, v.astype(self.dtype)).reshape(b, t, self.num_heads, self.head_dim)
+    k, v = k.astype(self.dtype), v.astype(self.dtype)
+    if self.impl == "xla":
+      out = xla_attention(q, k, v, mask)
+    else:
+      out = library_attention(q, k, v, mask, "cudnn" if self.impl == "cudnn" else None)
 
     wo = self.param("o", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("heads", "kv", "embed")),
                     (self.num_heads, self.head_dim, d), self.param_dtype)
     out = jnp.einsum("bthk,hkd->btd", out, wo.astype(self.dtype))
+    if self.out_bias:
+      out = out + self.param("o_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,),
+                             self.param_dtype).astype(self.dtype)
     return out if kv_cache is None else (out, new_cache)

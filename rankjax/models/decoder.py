@@ -12,7 +12,9 @@ from rankjax.models.embedding import Embed
 from rankjax.models.masks import attention_mask
 from rankjax.models.mlp import SwiGLU
 from rankjax.models.norm import RMSNorm
-from rankjax.models.rope import rotary_angles
+from rankjax.models.rope import rope_frequencies, rotary_angles
+
+REMAT_POLICIES = {"layer": None, "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class DecoderLayer(nn.Module):
@@ -25,8 +27,8 @@ class DecoderLayer(nn.Module):
     c = self.config
     dtype, pdtype = model_config.resolve_dtype(c.dtype), model_config.resolve_dtype(c.param_dtype)
     h = RMSNorm(c.norm_eps, dtype, pdtype, name="attn_norm")(x)
-    attn = Attention(c.num_heads, c.num_kv_heads, model_config.head_dim(c), c.qkv_bias, c.init_std, dtype, pdtype,
-                     name="attn")(h, cos, sin, mask, kv_cache)
+    attn = Attention(c.num_heads, c.num_kv_heads, model_config.head_dim(c), c.qkv_bias, c.out_bias, c.qk_norm,
+                     c.norm_eps, c.attention_impl, c.init_std, dtype, pdtype, name="attn")(h, cos, sin, mask, kv_cache)
     attn, kv = (attn, None) if kv_cache is None else attn
     x = x + attn
     h = RMSNorm(c.norm_eps, dtype, pdtype, name="mlp_norm")(x)
@@ -67,7 +69,7 @@ class Transformer(nn.Module):
       segment_ids = jnp.ones((b, t), jnp.int32)
     embed = Embed(c.vocab_size, c.hidden_size, c.init_std, dtype, pdtype, name="embed")
     x = embed(input_ids)
-    cos, sin = rotary_angles(positions, model_config.head_dim(c), c.rope_theta)
+    cos, sin = rotary_angles(positions, rope_frequencies(c))
     if cache is None:
       mask = attention_mask(segment_ids)
     else:
@@ -75,7 +77,10 @@ class Transformer(nn.Module):
       kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
       mask = attention_mask(segment_ids, kv_segments, index)
       new_k, new_v = [], []
-    layer_cls = nn.remat(DecoderLayer) if c.remat else DecoderLayer
+    if c.remat == "none":
+      layer_cls = DecoderLayer
+    else:
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat])
     for i in range(c.num_layers):
       layer = layer_cls(c, name=f"layer_{i}")
       if cache is None:

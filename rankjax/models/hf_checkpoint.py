@@ -1,0 +1,184 @@
+"""Load Hugging Face checkpoints into rankjax models (sharded, tensor by tensor) and save them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from rankjax.models import config as model_config
+from rankjax.models import hf_config, hf_keys, sharding
+from rankjax.models.decoder import Transformer
+from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
+
+# Files a checkpoint directory carries besides weights and config.json; copied on export when asked.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+def _dtype_name(dtype) -> str:
+  name = jnp.dtype(dtype).name
+  if name not in model_config.DTYPES:
+    raise ValueError(f"dtype {name} is not one of {sorted(model_config.DTYPES)}")
+  return name
+
+
+def _abstract(model: Transformer):
+  """(logical-axis tree, ShapeDtypeStruct tree) of the model's parameters, without allocating them."""
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+  return nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set(tree: dict, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _flat_paths(tree, prefix=()):
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      yield from _flat_paths(v, prefix + (k,))
+  else:
+    yield prefix
+
+
+def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides) -> Transformer:
+  """The rankjax model of checkpoint `path`'s config.json, in compute dtype `dtype` and params in
+  `param_dtype` (default: `dtype`); `overrides` set further model fields (remat, attention_impl, ...)."""
+  from rankjax.models import build_model  # noqa: PLC0415 (package __init__ imports this module)
+  c = hf_config.read_hf_config(path)
+  c.dtype = _dtype_name(dtype)
+  c.param_dtype = _dtype_name(param_dtype or dtype)
+  for key, value in overrides.items():
+    if key not in c:
+      raise KeyError(f"from_pretrained: model config has no field {key!r}")
+    c[key] = value
+  return build_model(c)
+
+
+def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=None):
+  """The parameters of `model` read from safetensors checkpoint directory `path`.
+
+  Tensors are memory-mapped and converted one at a time; with `mesh`, every parameter is
+  created directly in its NamedSharding (from the logical axes and `rules`, default
+  `sharding.DEFAULT_RULES`) and each device reads only its own slice. Raises ValueError
+  naming the tensor for a missing, unexpected or mis-shaped tensor.
+  """
+  reader = CheckpointReader(path)
+  logical, abstract = _abstract(model)
+  shardings = sharding.param_shardings(logical, abstract, mesh, rules) if mesh is not None else None
+  mapping = hf_keys.key_map(model.config)
+  mapped_paths = {p for _, p, _ in mapping}
+  unmapped = [p for p in _flat_paths(abstract) if p not in mapped_paths]
+  if unmapped:  # a model feature without a key rule: a bug in rankjax, not in the checkpoint
+    raise AssertionError(f"hf_keys has no rule for rankjax parameters {['/'.join(p) for p in unmapped]}")
+
+  missing = [name for name, _, _ in mapping if name not in reader]
+  if missing:
+    raise ValueError(f"{path}: the checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:5]}")
+  expected = {name for name, _, _ in mapping}
+  tied_head = {"lm_head.weight"} if model.config.tie_embeddings else set()
+  unexpected = [n for n in reader.names() if n not in expected | tied_head and not n.endswith(hf_keys.IGNORED_SUFFIXES)]
+  if unexpected:
+    raise ValueError(f"{path}: the checkpoint has {len(unexpected)} tensor(s) the config does not use, e.g. "
+                     f"{unexpected[:5]} (does config.json match the weights?)")
+
+  params: dict = {}
+  for name, param_path, rule in mapping:
+    target = _get(abstract, param_path)
+    stored = reader.array(name)
+    want = hf_keys.hf_shape(rule, target.shape)
+    if stored.shape != want:
+      raise ValueError(f"{path}: tensor {name!r} has shape {stored.shape}, but the config implies {want} "
+                       f"(rankjax {'/'.join(param_path)} {target.shape})")
+    view = hf_keys.to_rankjax(rule, stored, target.shape)
+    if shardings is None:
+      value = jnp.asarray(np.asarray(view, dtype=target.dtype))
+    else:
+      value = jax.make_array_from_callback(target.shape, _get(shardings, param_path),
+                                           lambda index, v=view, d=target.dtype: np.asarray(v[index], dtype=d))
+    _set(params, param_path, value)
+  return params
+
+
+def from_pretrained(path: str, dtype=jnp.bfloat16, mesh: Mesh | None = None, rules=None, param_dtype=None,
+                    **overrides):
+  """(model, params) of a local Hugging Face checkpoint directory (config.json + *.safetensors).
+
+  `model.apply({"params": params}, input_ids)` gives logits [B, T, vocab]. `dtype` is the
+  compute dtype and, unless `param_dtype` is given, the parameter dtype. With `mesh` the
+  parameters are placed sharded (see `load_params`). Supported: Llama 3.x, Qwen2/2.5, Qwen3.
+  """
+  model = build_hf_model(path, dtype, param_dtype, **overrides)
+  return model, load_params(model, path, mesh, rules)
+
+
+def _host_array(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(jax.device_get(x))
+
+
+def save_pretrained(model: Transformer, params, path: str, dtype=None, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    copy_files_from: str | None = None) -> None:
+  """Writes `params` as a Hugging Face checkpoint directory that transformers and vLLM load.
+
+  Writes config.json, generation_config.json and safetensors weights (sharded with an index
+  above `max_shard_bytes`), in `dtype` (default: the parameters' own dtype, so a round trip
+  is exact). Tokenizer files are copied from `copy_files_from` (e.g. the checkpoint the run
+  started from) when given. Every process must call it (sharded parameters are gathered);
+  only process 0 writes.
+  """
+  c = model.config
+  _, abstract = _abstract(model)
+  mapping = hf_keys.key_map(c)
+  tensors = []
+  for name, param_path, rule in mapping:
+    leaf = _get(abstract, param_path)
+    out_dtype = np.dtype(dtype if dtype is not None else _get(params, param_path).dtype)
+    shape = hf_keys.hf_shape(rule, leaf.shape)
+
+    def produce(param_path=param_path, rule=rule, out_dtype=out_dtype):
+      return hf_keys.to_hf(rule, _host_array(_get(params, param_path))).astype(out_dtype)
+
+    tensors.append(PendingTensor(name, shape, out_dtype, produce))
+  if jax.process_count() > 1:  # every process takes part in the gathers; process 0 writes
+    arrays = [t.produce() for t in tensors]
+    tensors = [PendingTensor(t.name, t.shape, t.dtype, lambda a=a: a) for t, a in zip(tensors, arrays)]
+  if jax.process_index() != 0:
+    return
+  os.makedirs(path, exist_ok=True)
+  if copy_files_from:
+    for name in TOKENIZER_FILES:
+      src = os.path.join(copy_files_from, name)
+      if os.path.isfile(src) and os.path.abspath(src) != os.path.abspath(os.path.join(path, name)):
+        shutil.copyfile(src, os.path.join(path, name))
+  hf = hf_config.config_to_hf(c)
+  hf["dtype"] = np.dtype(tensors[0].dtype).name
+  with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(hf, f, indent=2, sort_keys=True)
+  if not os.path.isfile(os.path.join(path, "generation_config.json")):
+    with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as f:
+      json.dump({"bos_token_id": hf["bos_token_id"], "eos_token_id": hf["eos_token_id"]}, f, indent=2)
+  write_checkpoint(tensors, path, max_shard_bytes)
+
+
+def model_config_of(path: str) -> ml_collections.ConfigDict:
+  """The rankjax model config of checkpoint directory `path` (float32)."""
+  return hf_config.read_hf_config(path)

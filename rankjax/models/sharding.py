@@ -1,0 +1,69 @@
+"""Device meshes with named axes and parameter shardings from logical axis names.
+
+Mesh axes: "data" (batch), "fsdp" (batch and parameters: ZeRO-3 style), "tensor" (heads,
+MLP and vocabulary: Megatron style). Each parameter carries logical axis names (see
+`rankjax.models.logical_axes`); `rules` map them onto mesh axes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+DEFAULT_RULES = (("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"),
+                 ("kv", None), ("mlp", "tensor"), ("norm", None))
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A ("data", "fsdp", "tensor") mesh; one size may be -1 (all remaining devices)."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh: at most one of data/fsdp/tensor may be -1, got {sizes}")
+  known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if devices.size % known:
+      raise ValueError(f"mesh: {devices.size} devices are not divisible by fsdp*tensor*data = {known}")
+    sizes[sizes.index(-1)] = devices.size // known
+  if int(np.prod(sizes)) != devices.size:
+    raise ValueError(f"mesh: data*fsdp*tensor = {int(np.prod(sizes))} but there are {devices.size} devices")
+  return Mesh(devices.reshape(sizes), MESH_AXES)
+
+
+def mesh_spec(logical: P, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULES) -> P:
+  """The mesh PartitionSpec of a parameter with logical axes `logical` and `shape`.
+
+  A mesh axis that is absent from `mesh`, of size 1, or does not divide the dimension is
+  dropped (that dimension is replicated; a debug log line says so).
+  """
+  spec = nn.logical_to_mesh_axes(logical, rules)
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if dim % size:
+      logging.debug("sharding: dimension %d of %s is not divisible by %s; replicated", dim, logical, axes)
+      axes = ()
+    out.append(axes[0] if len(axes) == 1 else (axes or None))
+  return P(*out)
+
+
+def param_shardings(logical_specs, abstract_params, mesh: Mesh, rules=None):
+  """A tree of NamedSharding for parameters, from the logical-axis tree and shapes (`jax.ShapeDtypeStruct` tree)."""
+  rules = DEFAULT_RULES if rules is None else tuple(rules)
+  return jax.tree.map(lambda spec, a: NamedSharding(mesh, mesh_spec(spec, a.shape, mesh, rules)),
+                      logical_specs, abstract_params, is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 3, batch_axis: int = 1) -> NamedSharding:
+  """Sharding of a batch array whose `batch_axis` splits over the mesh's data and fsdp axes."""
+  spec = [None] * ndim
+  spec[batch_axis] = tuple(a for a in BATCH_AXES if a in mesh.shape)
+  return NamedSharding(mesh, P(*spec))
