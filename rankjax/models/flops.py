@@ -1,6 +1,6 @@
 """Analytical model FLOPs, parameter counts and MFU of the Llama-style decoder.
 
-Conventions (the MFU conventions of PaLM, Megatron-LM and MaxText):
+Conventions (those of MFU in the PaLM paper, Megatron-LM and MaxText, except where noted):
 
 - Only matrix multiplications are counted, at 2 FLOPs per multiply-add: a [m, k] x [k, n] matmul
   is 2*m*k*n FLOPs. Norms, RoPE, softmax, biases, activations and the embedding lookup count 0.
@@ -48,7 +48,6 @@ _PEAK_BF16 = (
     (("tpu v6e",), 918e12),
 )
 _HALF_DTYPES = ("bfloat16", "float16")
-
 
 
 def forward_flops_by_group(config, seq_len: int, causal_average: bool = True) -> dict[str, float]:

@@ -25,7 +25,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 100
   c.keep_checkpoints = 3
   c.seed = 0  # parameter init
-  c.init_from = ""  # a workdir (or its checkpoints/) whose latest params initialise this run
+  # A rankjax workdir (or its checkpoints/) whose latest params initialise this run, or a Hugging
+  # Face checkpoint directory (config.json + *.safetensors): then the model architecture comes from
+  # its config.json and only config.model's dtype, param_dtype, remat and attention_impl apply.
+  c.init_from = ""
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # device mesh; -1: the rest
+  c.export_hf = False  # at the end, write WORKDIR/hf: a Hugging Face checkpoint (safetensors + config.json)
   c.progress = True  # live progress line on stderr
   return c
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 from flax.training import train_state
@@ -28,39 +29,75 @@ def write_config(config, workdir: str) -> None:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def prepare_data(config, workdir: str):
-  """Returns (tokenizer, BatchSchedule over config.data.split, skipped-example counts)."""
+def prepare_data(config, workdir: str, vocab_size: int):
+  """Returns (tokenizer, BatchSchedule over config.data.split, skipped-example counts) for a model of `vocab_size`."""
   splits = sources.load_splits(config.data)
   if config.data.split not in splits:
     raise ValueError(f"config.data.split={config.data.split!r} is not one of {sorted(splits)}")
-  tokenizer = sources.get_tokenizer(config.data, workdir, splits, config.model.vocab_size)
-  if tokenizer.get_vocab_size() > config.model.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens but config.model.vocab_size="
-                     f"{config.model.vocab_size}: targets would fall outside the vocabulary")
+  tokenizer = sources.get_tokenizer(config.data, workdir, splits, vocab_size)
+  if tokenizer.get_vocab_size() > vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
+                     f"{vocab_size}: targets would fall outside the vocabulary")
   data = tokenize_examples(splits[config.data.split], tokenizer, config.data.seq_len, config.data.loss_on,
                            config.data.truncation, config.data.strict)
   schedule = BatchSchedule(data, config.data.batch_size, config.grad_accum_steps, config.data.shuffle_seed)
   return tokenizer, schedule, data.skipped
 
 
-def create_state(config, model) -> train_state.TrainState:
-  """Fresh TrainState: params from config.seed (or config.init_from), AdamW state, step 0."""
-  params = models.init_params(model, jax.random.PRNGKey(config.seed), config.data.seq_len)
-  if config.init_from:
-    params = checkpointing.restore_params(config.init_from, params)
-  return train_state.TrainState.create(apply_fn=model.apply, params=params,
-                                       tx=make_optimizer(config.optimizer, config.total_steps))
+HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 
 
-def data_mesh() -> Mesh:
-  """A 1-D mesh over every device, axis "data" (batch parallelism; params replicated)."""
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def is_hf_checkpoint(path: str) -> bool:
+  """True if `path` is a Hugging Face checkpoint directory (config.json next to safetensors weights)."""
+  return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
+      f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path))
+
+
+def build_run_model(config):
+  """The run's model: config.model, or the architecture of the HF checkpoint in config.init_from
+  with config.model's runtime fields (dtype, param_dtype, remat, attention_impl)."""
+  if not is_hf_checkpoint(config.init_from):
+    return models.build_model(config.model)
+  runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
+  return models.build_hf_model(config.init_from, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
+
+
+def make_run_mesh(config) -> Mesh:
+  """The ("data", "fsdp", "tensor") mesh of config.mesh."""
+  return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+
+
+def create_state(config, model, mesh: Mesh) -> train_state.TrainState:
+  """Fresh TrainState placed on `mesh`: params from config.seed (or config.init_from), optimizer state, step 0.
+
+  Parameters are created directly in their shardings (logical axes -> mesh by
+  `models.DEFAULT_RULES`); the optimizer state inherits them.
+  """
+  logical = models.logical_axes(model)
+  abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
+  shardings = models.param_shardings(logical, abstract, mesh)
+  if is_hf_checkpoint(config.init_from):
+    params = models.load_params(model, config.init_from, mesh)
+  else:
+    init = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len), out_shardings=shardings)
+    params = init(jax.random.PRNGKey(config.seed))
+    if config.init_from:
+      params = checkpointing.restore_params(config.init_from, params)
+  tx = make_optimizer(config.optimizer, config.total_steps)
+  replicated = NamedSharding(mesh, P())
+  on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)  # noqa: E731
+  opt_state = jax.tree.map(on_mesh, jax.jit(tx.init)(params))  # moments follow params; counters replicated
+  return train_state.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
+                                apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
 
 
 def _batch_sharding(mesh: Mesh, micro_batch: int) -> NamedSharding:
-  if micro_batch % mesh.size:
+  batch_ways = int(np.prod([mesh.shape[a] for a in models.sharding.BATCH_AXES]))
+  if micro_batch % batch_ways:
+    print(f"[rankjax] micro-batch {micro_batch} is not divisible by the data*fsdp mesh size {batch_ways}: "
+          "every device computes the whole batch", flush=True)
     return NamedSharding(mesh, P())
-  return NamedSharding(mesh, P(None, "data"))
+  return models.sharding.batch_sharding(mesh)
 
 
 def train(config, workdir: str) -> dict:
@@ -73,20 +110,22 @@ def train(config, workdir: str) -> dict:
   run_config.validate(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  _, schedule, skipped = prepare_data(config, workdir)
-  model = models.build_model(config.model)
-  state = create_state(config, model)
+  model = build_run_model(config)
+  _, schedule, skipped = prepare_data(config, workdir, model.config.vocab_size)
+  mesh = make_run_mesh(config)
+  state = create_state(config, model, mesh)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state, meta = checkpointing.restore_latest(manager, state)
+  state = jax.device_put(state, state_shardings)
   start = int(state.step)
   if start >= config.total_steps:
     return {}
 
-  mesh = data_mesh()
-  state = jax.device_put(state, NamedSharding(mesh, P()))
   batch_sharding = _batch_sharding(mesh, schedule.batch_size // schedule.accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-  step_fn = jax.jit(make_train_step(model, config.loss, lr_schedule), donate_argnums=0)
+  step_fn = jax.jit(make_train_step(model, config.loss, lr_schedule), donate_argnums=0,
+                    out_shardings=(state_shardings, NamedSharding(mesh, P())))
   writer = MetricsWriter(workdir, resume_step=start)
   if skipped:
     print(f"[rankjax] {workdir}: skipped examples by reason: {skipped}", flush=True)
@@ -117,6 +156,10 @@ def train(config, workdir: str) -> dict:
       if done % config.checkpoint_every == 0 or done == config.total_steps:
         checkpointing.save(manager, state)
       bar.update(1)
+    if config.export_hf:
+      manager.wait_until_finished()
+      source = config.init_from if is_hf_checkpoint(config.init_from) else None
+      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=source)
   finally:
     bar.close()
     writer.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -18,6 +19,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eps = 1e-8
   c.weight_decay = 0.01
   c.clip_norm = 1.0  # global-norm clipping; 0 disables
+  # "float32": gradients, Adam moments and the update are float32 even for bfloat16 params
+  # (only the stored params are rounded); "param": the optimizer works in the params' dtype.
+  c.state_dtype = "float32"
   return c
 
 
@@ -34,12 +38,31 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def in_float32(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """Runs `inner` on float32 copies of gradients and params (so its state is float32) and
+  returns updates in the params' dtype."""
+  f32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,  # noqa: E731
+                                  tree)
+
+  def init(params):
+    return inner.init(f32(params))
+
+  def update(updates, state, params=None):
+    new, state = inner.update(f32(updates), state, None if params is None else f32(params))
+    return jax.tree.map(lambda u, g: u.astype(g.dtype), new, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """Builds the optax chain: [clip] -> AdamW(schedule, masked weight decay)."""
+  """Builds the optax chain: [clip] -> AdamW(schedule, masked weight decay), in float32 if config.state_dtype says so."""
   if total_steps <= 0:
     raise ValueError(f"total_steps={total_steps} must be positive")
+  if config.state_dtype not in ("float32", "param"):
+    raise ValueError(f"optimizer.state_dtype={config.state_dtype!r} is not one of ('float32', 'param')")
   schedule = learning_rate_schedule(config, total_steps)
   parts = [optax.clip_by_global_norm(config.clip_norm)] if config.clip_norm > 0 else []
   parts.append(optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                            weight_decay=config.weight_decay, mask=decay_mask))
-  return optax.chain(*parts)
+  chain = optax.chain(*parts)
+  return in_float32(chain) if config.state_dtype == "float32" else chain
