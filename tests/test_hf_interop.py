@@ -211,3 +211,22 @@ def test_corrupt_and_missing_files_are_named(checkpoints, tmp_path):
     models.from_pretrained(str(broken), dtype=jnp.float32)
   with pytest.raises(FileNotFoundError, match="config"):
     models.from_pretrained(str(tmp_path / "nowhere"), dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("family", ["llama3", "qwen2_tied", "qwen3"])
+def test_greedy_generation_equals_transformers_generate(checkpoints, family):
+  from rankjax.models.generate import SamplingConfig, generate  # noqa: PLC0415
+  path, hf = checkpoints[family]
+  model, params = models.from_pretrained(path, dtype=jnp.float32)
+  rng = np.random.default_rng(2)
+  prompts = [rng.integers(3, model.config.vocab_size, size=n).tolist() for n in (9, 5, 7)]
+  ours = generate(model, params, prompts, SamplingConfig(max_new_tokens=10))
+  width = max(map(len, prompts))
+  ids = np.zeros((len(prompts), width), np.int64)
+  mask = np.zeros_like(ids)
+  for r, p in enumerate(prompts):  # left padding, as for batched generation in transformers
+    ids[r, width - len(p):], mask[r, width - len(p):] = p, 1
+  with torch.no_grad():
+    out = hf.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), do_sample=False,
+                      max_new_tokens=10, min_new_tokens=10, pad_token_id=0, eos_token_id=None)
+  assert ours == out[:, width:].numpy().tolist()

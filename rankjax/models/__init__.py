@@ -9,7 +9,9 @@ from rankjax.models.config import default_config, validate_config
 from rankjax.models.decoder import DecoderLayer, Transformer, init_cache
 from rankjax.models.hf_checkpoint import build_hf_model, from_pretrained, load_params, save_pretrained
 from rankjax.models.hf_config import HFConfigError, config_from_hf, config_to_hf, read_hf_config
+from rankjax.models.generate import SamplingConfig, generate
 from rankjax.models.sharding import DEFAULT_RULES, make_mesh, param_shardings
+from rankjax.models.tokenizer import HFTokenizer, load_hf_tokenizer
 
 
 def build_model(config) -> Transformer:
@@ -38,4 +40,4 @@ def count_params(params) -> int:
 __all__ = ["default_config", "validate_config", "Transformer", "DecoderLayer", "init_cache", "build_model", "init_params",
            "logical_axes", "count_params", "from_pretrained", "save_pretrained", "build_hf_model", "load_params",
            "HFConfigError", "config_from_hf", "config_to_hf", "read_hf_config", "DEFAULT_RULES", "make_mesh",
-           "param_shardings"]
+           "param_shardings", "SamplingConfig", "generate", "HFTokenizer", "load_hf_tokenizer"]

@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rankjax import models
 from rankjax.data import sources
 from rankjax.data.sft_batches import BatchSchedule, tokenize_examples
+from rankjax.models import flops
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train.metrics_writer import MetricsWriter
@@ -127,6 +128,8 @@ def train(config, workdir: str) -> dict:
   step_fn = jax.jit(make_train_step(model, config.loss, lr_schedule), donate_argnums=0,
                     out_shardings=(state_shardings, NamedSharding(mesh, P())))
   writer = MetricsWriter(workdir, resume_step=start)
+  model_flops = flops.flops_per_token(model.config, config.data.seq_len)
+  peak = flops.peak_flops_per_device(jax.devices()[0], model.config.dtype)
   if skipped:
     print(f"[rankjax] {workdir}: skipped examples by reason: {skipped}", flush=True)
 
@@ -150,6 +153,9 @@ def train(config, workdir: str) -> dict:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t_last
         metrics["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
+        metrics["model_tflops_per_device"] = metrics["tokens_per_second"] * model_flops / jax.device_count() / 1e12
+        if peak:  # accelerators with a known peak; the first interval includes compilation
+          metrics["mfu"] = flops.mfu(metrics["tokens_per_second"] / jax.device_count(), model_flops, peak)
         row = writer.write(done, metrics)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}", refresh=False)
         tokens_since, t_last = 0, time.perf_counter()

@@ -1,0 +1,86 @@
+"""A canonical SFT record -> (prompt ids, response ids), by a chat template or a plain text template.
+
+Records (from `rankjax.data.tfds_builders` or the synthetic corpus) are dicts with str fields
+`prompt`, `response`, `messages` (a JSON list of {role, content}, or ""), `answer`,
+`source_file`, `error` ("" for a good record, else a reason code) and int `source_index`.
+The response ids are what the loss supervises: the response text plus the end-of-turn
+token(s) the format puts after it (EOS for "plain"; the template's, e.g. `<|im_end|>\\n`,
+for "chat").
+"""
+
+from __future__ import annotations
+
+import json
+
+from rankjax.models.tokenizer import HFTokenizer, prompt_and_response_ids
+
+PROMPT_FORMATS = ("plain", "chat")
+
+
+class SkipExample(Exception):
+  """A record that cannot become a training example; `reason` is the counted reason code."""
+
+  def __init__(self, reason: str):
+    super().__init__(reason)
+    self.reason = reason
+
+
+def record_messages(record: dict, system_prompt: str = "") -> tuple[list[dict], str]:
+  """(messages before the final assistant turn, that turn's text) of a record.
+
+  Plain prompt/response records become [system?, user(prompt)] and the response.
+  """
+  if record.get("messages"):
+    try:
+      messages = json.loads(record["messages"])
+    except json.JSONDecodeError as e:
+      raise SkipExample("invalid_json") from e
+    if not messages or messages[-1].get("role") != "assistant":
+      raise SkipExample("no_assistant_turn")
+    context, response = list(messages[:-1]), messages[-1].get("content")
+    if system_prompt and context and context[0].get("role") != "system":
+      context.insert(0, {"role": "system", "content": system_prompt})
+  else:
+    context = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": record.get("prompt")}]
+    response = record.get("response")
+  if not isinstance(response, str):
+    raise SkipExample("non_string:response")
+  if not response.strip():
+    raise SkipExample("empty_response")
+  return context, response
+
+
+class Formatter:
+  """Turns records into (prompt_ids, response_ids) with `tokenizer`.
+
+  format "plain": [BOS] + encode(template.format(prompt=...)) and encode(response) + [EOS].
+  format "chat": the tokenizer's chat template (with `system_prompt` as the system turn when
+  the record has none), split by `prompt_and_response_ids`. Raises SkipExample for bad records.
+  """
+
+  def __init__(self, tokenizer: HFTokenizer, prompt_format: str = "plain",
+               plain_template: str = "{prompt}", system_prompt: str = ""):
+    if prompt_format not in PROMPT_FORMATS:
+      raise ValueError(f"data config: prompt_format={prompt_format!r} is not one of {PROMPT_FORMATS}")
+    if prompt_format == "plain" and tokenizer.eos_id is None:
+      raise ValueError("data: the plain prompt format needs a tokenizer with an EOS token")
+    if prompt_format == "chat" and not tokenizer.chat_template:
+      raise ValueError("data: prompt_format='chat' needs a tokenizer with a chat template "
+                       "(tokenizer_config.json or chat_template.jinja)")
+    self.tokenizer, self.prompt_format = tokenizer, prompt_format
+    self.plain_template, self.system_prompt = plain_template, system_prompt
+
+  def __call__(self, record: dict) -> tuple[list[int], list[int]]:
+    if record.get("error"):
+      raise SkipExample(record["error"])
+    context, response = record_messages(record, self.system_prompt)
+    for turn in context:
+      if not isinstance(turn.get("content"), str):
+        raise SkipExample("non_string:prompt")
+    if self.prompt_format == "chat":
+      return prompt_and_response_ids(self.tokenizer, context, response)
+    prompt_text = "\n\n".join(t["content"] for t in context if t.get("role") != "system")
+    bos = [] if self.tokenizer.bos_id is None else [self.tokenizer.bos_id]
+    prompt = bos + self.tokenizer.encode(self.plain_template.format(prompt=prompt_text))
+    return prompt, self.tokenizer.encode(response) + [self.tokenizer.eos_id]

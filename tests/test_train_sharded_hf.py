@@ -1,0 +1,72 @@
+"""Training on a (data, fsdp, tensor) mesh equals one device; runs start from and export to HF checkpoints."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rankjax import models
+from rankjax.train import loop
+from rankjax.train.metrics_writer import read_metrics
+from rankjax.train.optimizer import learning_rate_schedule
+from rankjax.train.train_step import make_train_step
+from tests.helpers import tiny_run_config
+from tests.test_train import _assert_trees_close, _batch
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("mesh_shape", [(2, 2, 2), (1, 8, 1)])
+def test_fsdp_tensor_mesh_equals_single_device(mesh_shape):
+  config = tiny_run_config(**{"loss.name": "ranktuner", "loss.diagnostics": True})
+  model = models.build_model(config.model)
+  step = jax.jit(make_train_step(model, config.loss, learning_rate_schedule(config.optimizer, 10)))
+  batch = _batch(np.random.default_rng(1), 2, 8, 16, config.model.vocab_size)
+  results = []
+  for mesh in (models.make_mesh(1, 1, 1, devices=jax.devices()[:1]), models.make_mesh(*mesh_shape)):
+    state = loop.create_state(config, model, mesh)
+    placed = jax.device_put(batch, loop._batch_sharding(mesh, 8))
+    for _ in range(2):
+      state, metrics = step(state, placed)
+    results.append((state, metrics))
+  (single, m1), (sharded, m2) = results
+  q = sharded.params["layer_0"]["attn"]["q"]
+  assert len(q.sharding.device_set) == 8 and q.sharding.spec[0] == ("fsdp" if mesh_shape[1] > 1 else None)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  _assert_trees_close(single.params, sharded.params, rtol=1e-4, atol=1e-6)
+  _assert_trees_close(single.opt_state, sharded.opt_state, rtol=1e-4, atol=1e-8)
+
+
+def test_run_from_hf_checkpoint_on_mesh_and_export(tmp_path):
+  hf_dir = str(tmp_path / "qwen2")
+  torch.manual_seed(0)
+  hf_config = transformers.Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+  transformers.AutoModelForCausalLM.from_config(hf_config).save_pretrained(hf_dir)
+  (tmp_path / "qwen2" / "tokenizer.json").write_text("{}")  # travels with the export
+
+  workdir = str(tmp_path / "run")
+  config = tiny_run_config(**{"init_from": hf_dir, "export_hf": True, "mesh.fsdp": 2, "mesh.tensor": 2,
+                              "model.param_dtype": "bfloat16", "optimizer.learning_rate": 1e-2})
+  loop.train(config, workdir)
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == list(range(1, 7)) and all(np.isfinite(r["loss"]) for r in rows)
+
+  export = os.path.join(workdir, "hf")
+  assert os.path.isfile(os.path.join(export, "tokenizer.json"))
+  model, params = models.from_pretrained(export, dtype=jnp.float32, param_dtype=jnp.bfloat16)
+  assert model.config.architecture == "qwen2" and model.config.tie_embeddings
+  _, initial = models.from_pretrained(hf_dir, dtype=jnp.float32, param_dtype=jnp.bfloat16)
+  moved = [float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))))
+           for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial))]
+  assert max(moved) > 0  # the export holds the trained weights, not the initial ones
+
+  hf = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
+  ids = np.random.default_rng(0).integers(0, 512, size=(2, 10))
+  with torch.no_grad():
+    expected = hf(torch.from_numpy(ids)).logits.numpy()
+  got = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32)))
+  np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
