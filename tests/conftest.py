@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
   """Path to ../shared/data; skips locally when absent, fails in CI (CI=true)."""
   if not SHARED_DATA.exists():

@@ -5,24 +5,34 @@ from __future__ import annotations
 
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
 
-def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
-  """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps."""
+DATA_ITEM = "data_iter"
+
+
+def make_manager(workdir: str, keep: int = 3, with_data_iterator: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps; with
+  `with_data_iterator`, checkpoints also hold the Grain data iterator's state (one JSON per process)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  names = ("params", "opt_state", "meta") + ((DATA_ITEM,) if with_data_iterator else ())
+  handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()} if with_data_iterator else None
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                               item_names=("params", "opt_state", "meta"))
+                               item_names=names, item_handlers=handlers)
 
 
-def save(manager: ocp.CheckpointManager, state, extra_meta: dict | None = None) -> None:
-  """Saves `state` (a TrainState) at its step; blocks until written so a crash never loses it."""
+def save(manager: ocp.CheckpointManager, state, extra_meta: dict | None = None, data_iterator=None) -> None:
+  """Saves `state` (a TrainState) and the data iterator's position at its step; blocks until
+  written so a crash never loses it."""
   step = int(jax.device_get(state.step))
   meta = {"step": step, **(extra_meta or {})}
-  manager.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-      meta=ocp.args.JsonSave(meta)))
+  items = dict(params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+               meta=ocp.args.JsonSave(meta))
+  if data_iterator is not None:
+    items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
+  manager.save(step, args=ocp.args.Composite(**items))
   manager.wait_until_finished()
 
 
@@ -36,14 +46,24 @@ def _restore(manager, step, **items):
                        f"earlier step, or use a new workdir.") from e
 
 
-def restore_latest(manager: ocp.CheckpointManager, state):
-  """Returns (state restored from the latest step, that step's meta), or (state, None) if there is none."""
+def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
+  """Returns (state restored from the latest step, that step's meta), or (state, None) if there is none.
+
+  With `data_iterator`, its position is restored too (in place); a checkpoint without one is an error.
+  """
   step = manager.latest_step()
   if step is None:
     return state, None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"params": state.params, "opt_state": state.opt_state})
-  out = _restore(manager, step, params=ocp.args.StandardRestore(abstract["params"]),
-                 opt_state=ocp.args.StandardRestore(abstract["opt_state"]), meta=ocp.args.JsonRestore())
+  items = dict(params=ocp.args.StandardRestore(abstract["params"]),
+               opt_state=ocp.args.StandardRestore(abstract["opt_state"]), meta=ocp.args.JsonRestore())
+  if data_iterator is not None:
+    step_dir = os.path.join(str(manager.directory), str(step))
+    if not os.path.isdir(os.path.join(step_dir, DATA_ITEM)):
+      raise RuntimeError(f"checkpoint at {step_dir} has no data iterator state, so the data position cannot be "
+                         "resumed exactly (was it written by a run on another data source?)")
+    items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+  out = _restore(manager, step, **items)
   state = state.replace(step=jax.numpy.asarray(out["meta"]["step"], jax.numpy.int32), params=out["params"],
                         opt_state=out["opt_state"])
   return state, dict(out["meta"])

@@ -14,10 +14,8 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rankjax import models
-from rankjax.data import sources
-from rankjax.data.sft_batches import BatchSchedule, tokenize_examples
 from rankjax.models import flops
-from rankjax.train import checkpointing
+from rankjax.train import checkpointing, data_stream
 from rankjax.train import config as run_config
 from rankjax.train.metrics_writer import MetricsWriter
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -28,21 +26,6 @@ def write_config(config, workdir: str) -> None:
   """Writes the resolved config to WORKDIR/config.json."""
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-
-def prepare_data(config, workdir: str, vocab_size: int):
-  """Returns (tokenizer, BatchSchedule over config.data.split, skipped-example counts) for a model of `vocab_size`."""
-  splits = sources.load_splits(config.data)
-  if config.data.split not in splits:
-    raise ValueError(f"config.data.split={config.data.split!r} is not one of {sorted(splits)}")
-  tokenizer = sources.get_tokenizer(config.data, workdir, splits, vocab_size)
-  if tokenizer.get_vocab_size() > vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens but the model's vocab_size is "
-                     f"{vocab_size}: targets would fall outside the vocabulary")
-  data = tokenize_examples(splits[config.data.split], tokenizer, config.data.seq_len, config.data.loss_on,
-                           config.data.truncation, config.data.strict)
-  schedule = BatchSchedule(data, config.data.batch_size, config.grad_accum_steps, config.data.shuffle_seed)
-  return tokenizer, schedule, data.skipped
 
 
 HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
@@ -112,26 +95,39 @@ def train(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
   model = build_run_model(config)
-  _, schedule, skipped = prepare_data(config, workdir, model.config.vocab_size)
+  hf_checkpoint = config.init_from if is_hf_checkpoint(config.init_from) else ""
+  data = data_stream.make_stream(config, workdir, model.config.vocab_size, hf_checkpoint)
+  try:
+    return _train(config, workdir, model, data)
+  finally:
+    data.close()
+
+
+def _record_metrics(counts: dict) -> dict:
+  return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
+
+
+def _train(config, workdir: str, model, data) -> dict:
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
-  state, meta = checkpointing.restore_latest(manager, state)
+  manager = checkpointing.make_manager(workdir, config.keep_checkpoints, with_data_iterator=data.iterator is not None)
+  state, meta = checkpointing.restore_latest(manager, state, data.iterator)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
   if start >= config.total_steps:
+    manager.close()
     return {}
 
-  batch_sharding = _batch_sharding(mesh, schedule.batch_size // schedule.accum_steps)
+  batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   step_fn = jax.jit(make_train_step(model, config.loss, lr_schedule), donate_argnums=0,
                     out_shardings=(state_shardings, NamedSharding(mesh, P())))
   writer = MetricsWriter(workdir, resume_step=start)
   model_flops = flops.flops_per_token(model.config, config.data.seq_len)
   peak = flops.peak_flops_per_device(jax.devices()[0], model.config.dtype)
-  if skipped:
-    print(f"[rankjax] {workdir}: skipped examples by reason: {skipped}", flush=True)
+  if data.record_counts() and set(data.record_counts()) != {"used"}:
+    print(f"[rankjax] {workdir}: examples by reason so far: {data.record_counts()}", flush=True)
 
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress, dynamic_ncols=True,
                   desc=os.path.basename(os.path.normpath(workdir)),
@@ -139,7 +135,8 @@ def train(config, workdir: str) -> dict:
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   try:
     for step in range(start, config.total_steps):
-      batch = jax.device_put(schedule.batch(step), batch_sharding)
+      local = data.next_batch(step)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
       state, metrics = step_fn(state, batch)
       done = step + 1
       tokens_since += int(np.prod(batch["inputs"].shape))
@@ -152,6 +149,7 @@ def train(config, workdir: str) -> dict:
       if done % config.log_every == 0 or done == config.total_steps:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t_last
+        metrics.update(_record_metrics(data.record_counts()))
         metrics["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
         metrics["model_tflops_per_device"] = metrics["tokens_per_second"] * model_flops / jax.device_count() / 1e12
         if peak:  # accelerators with a known peak; the first interval includes compilation
@@ -160,8 +158,10 @@ def train(config, workdir: str) -> dict:
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}", refresh=False)
         tokens_since, t_last = 0, time.perf_counter()
       if done % config.checkpoint_every == 0 or done == config.total_steps:
-        checkpointing.save(manager, state)
+        checkpointing.save(manager, state, data_iterator=data.iterator)
       bar.update(1)
+    print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
+          flush=True)
     if config.export_hf:
       manager.wait_until_finished()
       source = config.init_from if is_hf_checkpoint(config.init_from) else None
