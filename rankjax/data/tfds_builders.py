@@ -543,7 +543,7 @@ def prepare(builder: _LocalFilesBuilder, manual_dir: str) -> _LocalFilesBuilder:
                       builder.name, manual, builder.data_dir)
       return builder
     stored = (builder.info.metadata or {}).get("source_fingerprint")
-    if stored == builder.fingerprint(manual) or True:
+    if stored == builder.fingerprint(manual):
       return builder
     logging.warning("%s: the source files or field mapping changed since %s was prepared; preparing again",
                     builder.name, builder.data_dir)
