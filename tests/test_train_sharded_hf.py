@@ -1,6 +1,8 @@
 """Training on a (data, fsdp, tensor) mesh equals one device; runs start from and export to HF checkpoints."""
 
+import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,10 @@ from rankjax.train import loop
 from rankjax.train.metrics_writer import read_metrics
 from rankjax.train.optimizer import learning_rate_schedule
 from rankjax.train.train_step import make_train_step
+from rankjax.train.config import with_overrides
 from tests.helpers import tiny_run_config
+from tests.test_hf_tokenizer import qwen_dir  # noqa: F401 (fixture)
+from tests.test_train_file_source import load_config_file
 from tests.test_train import _assert_trees_close, _batch
 
 torch = pytest.importorskip("torch")
@@ -70,3 +75,37 @@ def test_run_from_hf_checkpoint_on_mesh_and_export(tmp_path):
     expected = hf(torch.from_numpy(ids)).logits.numpy()
   got = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32)))
   np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_paper_config_runs_on_a_tiny_checkpoint(qwen_dir, tmp_path):  # noqa: F811
+  """configs/qwen25_math_7b.py end to end, with a tiny Qwen2 checkpoint and NuminaMath-format data."""
+  ckpt = tmp_path / "ckpt"
+  shutil.copytree(qwen_dir, ckpt)
+  torch.manual_seed(0)
+  hf_config = transformers.Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+  transformers.AutoModelForCausalLM.from_config(hf_config).save_pretrained(str(ckpt))
+  data = tmp_path / "numina"
+  data.mkdir()
+  with open(data / "train.jsonl", "w") as f:
+    for i in range(40):
+      f.write(json.dumps({"problem": f"What is {i} plus {i}?", "solution": f"We add: {i}+{i}={2 * i}. "
+                          f"The answer is \\boxed{{{2 * i}}}.", "source": "synthetic"}) + "\n")
+  config = with_overrides(load_config_file("configs/qwen25_math_7b.py"), {
+      "init_from": str(ckpt), "data.manual_dir": str(data), "data.tfds_data_dir": str(tmp_path / "tfds"),
+      "data.split": "train[:30]", "data.seq_len": 128, "data.batch_size": 4, "grad_accum_steps": 2,
+      "total_steps": 2, "checkpoint_every": 2, "progress": False, "loss.token_chunk": 128})
+  workdir = str(tmp_path / "run")
+  loop.train(config, workdir)
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+  export = os.path.join(workdir, "hf")
+  assert {"tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"} <= set(os.listdir(export))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(export).eval()
+  assert hf.config.model_type == "qwen2" and str(hf.dtype) == "torch.bfloat16"
+
+
+def test_chat_format_without_a_checkpoint_is_a_clear_error(tmp_path):
+  config = with_overrides(load_config_file("configs/qwen25_math_7b.py"), {"data.manual_dir": str(tmp_path)})
+  with pytest.raises(ValueError, match="init_from"):
+    loop.train(config, str(tmp_path / "run"))

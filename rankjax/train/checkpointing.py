@@ -73,7 +73,8 @@ def restore_params(checkpoint_dir: str, like_params):
   """Parameters of the latest checkpoint in `checkpoint_dir` (a run's workdir or its checkpoints/)."""
   directory = checkpoint_dir if os.path.basename(os.path.normpath(checkpoint_dir)) == "checkpoints" else os.path.join(checkpoint_dir, "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"init_from: no checkpoint directory at {directory}")
+    raise FileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
+                            f"*.safetensors) nor a rankjax workdir (no checkpoint directory at {directory})")
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta"))
   step = manager.latest_step()
   if step is None:

@@ -39,6 +39,9 @@ def validate(config) -> None:
   """Raises ValueError naming the field for values no run can use (before any compile)."""
   if config.job not in JOBS:
     raise ValueError(f"config.job={config.job!r} is not one of {JOBS}")
+  if config.data.prompt_format == "chat" and not (config.init_from or config.data.tokenizer_path):
+    raise ValueError("config.data.prompt_format='chat' needs a tokenizer with a chat template: set "
+                     "config.init_from to a Hugging Face checkpoint directory (or config.data.tokenizer_path)")
   losses.validate_config(config.loss)
   models.validate_config(config.model)
   for field in ("total_steps", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
