@@ -59,8 +59,6 @@ def test_relaunch_resumes_data_and_metrics_exactly(shared_data, tfds_dir, tmp_pa
       np.testing.assert_allclose(ra[key], rb[key], rtol=1e-5, err_msg=f"step {ra['step']} {key}")
   for x, y in zip(_leaves(_params(straight)), _leaves(_params(resumed))):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
-  loop.train(_config(shared_data, tfds_dir, total_steps=6), resumed)  # a longer run continues the same workdir
-  assert [r["step"] for r in read_metrics(resumed)] == [1, 2, 3, 4, 5, 6]
   state = json.loads(open(os.path.join(resumed, "checkpoints", "4", "data_iter", "process_0-of-1.json")).read())
   assert "record_counts" in json.dumps(state)
 

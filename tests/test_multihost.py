@@ -1,0 +1,168 @@
+"""Two real JAX processes (jax.distributed over localhost, gloo CPU collectives, 2 devices each)
+against one process: the per-host Grain batches, the assembled global batch and one train step."""
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from rankjax import models
+from tests import multihost_worker as worker
+
+WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
+NUM_PROCESSES = 2
+TIMEOUT_S = 120
+# A jaxlib without gloo CPU collectives: skip (any other worker failure fails the test).
+UNAVAILABLE = re.compile(r"Multiprocess computations aren't implemented on the CPU backend"
+                         r"|has no attribute 'make_gloo_tcp_collectives'"
+                         r"|Unrecognized config option: jax_cpu_collectives_implementation"
+                         r"|gloo[^\n]*(not (available|supported|implemented|built)|unavailable)", re.IGNORECASE)
+PORT_TAKEN = "Failed to start RPC server"  # the coordinator's port was taken after _free_port released it
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _start_workers(out: pathlib.Path) -> list[subprocess.Popen]:
+  """Starts the workers on a free localhost port; their output goes to OUT/process_{i}.log."""
+  port = _free_port()
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}  # the worker sets its own
+  procs = []
+  for i in range(NUM_PROCESSES):
+    with open(out / f"process_{i}.log", "w", encoding="utf-8") as log:
+      procs.append(subprocess.Popen([sys.executable, str(WORKER), f"--process_id={i}",
+                                     f"--num_processes={NUM_PROCESSES}", f"--port={port}", f"--out={out}"],
+                                    env=env, stdout=log, stderr=subprocess.STDOUT))
+  return procs
+
+
+def _kill(procs: list[subprocess.Popen]) -> None:
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+
+
+def _wait(procs: list[subprocess.Popen], out: pathlib.Path, deadline: float) -> bool:
+  """Waits for the workers: True when all succeeded, False when the port was taken (start again).
+  Once one fails the other is killed (it would wait for it until a timeout); then the test fails
+  with their output, or skips if gloo CPU collectives are unavailable."""
+  while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
+    if time.monotonic() > deadline:
+      _kill(procs)
+      pytest.fail(f"multihost workers ran past {TIMEOUT_S} s:\n" + _tails(out))
+    time.sleep(0.1)
+  _kill(procs)
+  if all(p.returncode == 0 for p in procs):
+    return True
+  logs = _tails(out)
+  if PORT_TAKEN in logs:
+    return False
+  if found := UNAVAILABLE.search(logs):
+    pytest.skip(f"jax.distributed with gloo CPU collectives is unavailable here ({found[0]!r})")
+  codes = [p.returncode for p in procs]
+  pytest.fail(f"multihost workers exited with {codes}:\n{logs}")
+
+
+def _tails(out: pathlib.Path) -> str:
+  return "\n".join(f"--- process {i}:\n" + (out / f"process_{i}.log").read_text(errors="replace")[-3000:]
+                   for i in range(NUM_PROCESSES))
+
+
+def _reference() -> dict:
+  """The same data in this process: both hosts' local batches, and one step per loss on one device."""
+  records = worker.make_records()
+  formatter = worker.make_formatter(records)
+  locals_ = [worker.local_batch(records, formatter, i, NUM_PROCESSES) for i in range(NUM_PROCESSES)]
+  global_batch = {k: np.concatenate([b[k] for b in locals_], axis=1) for k in locals_[0]}  # host 0's rows first
+  mesh = models.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  batch = jax.device_put(global_batch, models.sharding.batch_sharding(mesh))
+  steps = {loss: (jax.device_get(metrics), worker.flat_params(params))
+           for loss, (metrics, params) in worker.train_steps(mesh, batch).items()}
+  return {"indices": [worker.source_indices(b, records, formatter) for b in locals_],
+          "global_batch": global_batch, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(process reports, process 0's global.npz, the single-process reference); the reference is
+  computed while the workers run."""
+  out = tmp_path_factory.mktemp("multihost")
+  deadline = time.monotonic() + TIMEOUT_S
+  procs = _start_workers(out)
+  try:
+    reference = _reference()
+  except BaseException:
+    _kill(procs)
+    raise
+  for attempt in range(3):  # again if another program took the port before the coordinator bound it
+    if attempt:
+      procs = _start_workers(out)
+    if _wait(procs, out, deadline):
+      break
+  else:
+    pytest.fail("the coordinator could not bind a free port 3 times:\n" + _tails(out))
+  reports = [json.loads((out / f"process_{i}.json").read_text()) for i in range(NUM_PROCESSES)]
+  with np.load(out / "global.npz") as npz:
+    arrays = dict(npz)
+  return reports, arrays, reference
+
+
+@pytest.mark.xdist_group("multihost")
+def test_processes_see_a_global_mesh(run):
+  reports, _, _ = run
+  for i, r in enumerate(reports):
+    assert (r["process_index"], r["process_count"]) == (i, NUM_PROCESSES)
+    assert (r["device_count"], r["local_device_count"]) == (4, 2)
+    assert [p for _, p in r["mesh_devices"]] == [0, 0, 1, 1]  # mesh order: process 0's devices first
+    assert r["local_shape"] == [1, worker.GLOBAL_ROWS // NUM_PROCESSES, worker.SEQ_LEN]
+    assert r["global_shape"] == [1, worker.GLOBAL_ROWS, worker.SEQ_LEN]
+
+
+@pytest.mark.xdist_group("multihost")
+def test_hosts_read_disjoint_halves(run):
+  reports, _, reference = run
+  seen = [r["source_indices"] for r in reports]
+  assert seen == reference["indices"]  # each host's pipeline is the one built here with its process_index
+  assert all(len(s) > 0 for s in seen)
+  assert not set(seen[0]) & set(seen[1])
+  for i, s in enumerate(seen):
+    assert all(j % NUM_PROCESSES == i for j in s), (i, s)  # records[i::2] on host i
+
+
+@pytest.mark.xdist_group("multihost")
+def test_global_batch_is_the_hosts_batches_in_process_order(run):
+  _, arrays, reference = run
+  for key, expected in reference["global_batch"].items():
+    np.testing.assert_array_equal(arrays[f"batch/{key}"], expected, err_msg=key)
+
+
+@pytest.mark.xdist_group("multihost")
+@pytest.mark.parametrize("loss", worker.LOSSES)
+def test_train_step_matches_one_process(run, loss):
+  reports, arrays, reference = run
+  metrics, params = reference["steps"][loss]
+  for r in reports:
+    got = r[loss]
+    assert got["nonfinite"] == 0.0
+    np.testing.assert_allclose(got["loss"], float(metrics["loss"]), rtol=1e-5)
+    np.testing.assert_allclose(got["grad_norm"], float(metrics["grad_norm"]), rtol=1e-5)
+    np.testing.assert_allclose(got["param_total"], sum(float(np.sum(v, dtype=np.float64)) for v in params.values()),
+                               rtol=1e-6)
+  assert reports[0][loss] == reports[1][loss]  # the step's outputs are replicated: both hosts agree exactly
+  # Adam's first step is lr * g / (|g| + eps): for |g| near eps it amplifies the reduction-order
+  # rounding of g, so elements are compared to 1% of the learning rate (the size of a step).
+  lr = worker.run_config(loss).optimizer.learning_rate
+  for key, expected in params.items():
+    np.testing.assert_allclose(arrays[f"{loss}/{key}"], expected, rtol=0, atol=1e-2 * lr, err_msg=key)
