@@ -22,18 +22,14 @@ from rankjax.data import formatting, pipeline, sources
 from rankjax.data.tokenizer import train_bpe
 from rankjax.models.tokenizer import HFTokenizer
 from rankjax.train.config import with_overrides
+from rankjax.train.config import load_config_file
 from rankjax.train.data_stream import BPE_SPECIALS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(path):
-  import importlib.util  # noqa: PLC0415
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+  return load_config_file(path)
 
 def pipeline_rate(records, tok, seq_len, packing, batches, rows=8):
   fmt = formatting.Formatter(tok, "plain", "Question: {prompt}\nAnswer: ")

@@ -11,7 +11,6 @@ layers) side by side in one process, alternating, and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -27,18 +26,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rankjax import models
 from rankjax.models import flops
 from rankjax.models.config import DTYPES
+from rankjax.train.config import load_config_file
 
 MiB = 2**20
 
 
 def load_demo_config():
   """Returns the full ConfigDict of configs/demo.py (its `.model` and `.data` are used here)."""
-  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                                                            "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+  return load_config_file("configs/demo.py")
 
 def qwen25_1p5b_slice(num_layers: int):
   """Returns a model config with Qwen2.5-1.5B's dimensions and `num_layers` decoder layers (the full model has 28)."""

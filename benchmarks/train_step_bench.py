@@ -21,15 +21,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rankjax import models  # noqa: E402
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
 from rankjax.train.train_step import make_train_step  # noqa: E402
+from rankjax.train.config import load_config_file  # noqa: E402
 
 
 def load_demo_config():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("demo_config", os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
+  return load_config_file("configs/demo.py")
 
 def synthetic_batch(config, rng):
   b, t, v = config.data.batch_size, config.data.seq_len, config.model.vocab_size

@@ -10,21 +10,13 @@ import pytest
 
 from rankjax.data import preview
 from rankjax.train import loop
+from rankjax.train import config as run_config
 from rankjax.train.config import with_overrides
 from rankjax.train.metrics_writer import read_metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def load_config_file(path):
-  import importlib.util  # noqa: PLC0415
-  spec = importlib.util.spec_from_file_location("run_config", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-pytestmark = pytest.mark.xdist_group("gsm8k_run")
-
+  return run_config.load_config_file(path)
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):

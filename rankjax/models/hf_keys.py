@@ -64,8 +64,8 @@ def key_map(config) -> list[tuple[str, tuple[str, ...], KeyRule]]:
       continue
     layers = range(config.num_layers) if "{i}" in rule.hf else [None]
     for i in layers:
-      fill = (lambda s: s.format(i=i)) if i is not None else (lambda s: s)
-      out.append((fill(rule.hf), tuple(fill(rule.path).split("/")), rule))
+      hf, path = (rule.hf, rule.path) if i is None else (rule.hf.format(i=i), rule.path.format(i=i))
+      out.append((hf, tuple(path.split("/")), rule))
   return out
 
 

@@ -7,7 +7,7 @@ MLP and vocabulary: Megatron style). Each parameter carries logical axis names (
 
 from __future__ import annotations
 
-import logging
+from absl import logging
 
 import flax.linen as nn
 import jax
@@ -40,7 +40,7 @@ def mesh_spec(logical: P, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULE
   """The mesh PartitionSpec of a parameter with logical axes `logical` and `shape`.
 
   A mesh axis that is absent from `mesh`, of size 1, or does not divide the dimension is
-  dropped (that dimension is replicated; a debug log line says so).
+  dropped (that dimension is replicated, and the first few such cases are logged).
   """
   spec = nn.logical_to_mesh_axes(logical, rules)
   out = []
@@ -49,7 +49,7 @@ def mesh_spec(logical: P, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULE
     axes = tuple(a for a in axes if a in mesh.shape and mesh.shape[a] > 1)
     size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
     if dim % size:
-      logging.debug("sharding: dimension %d of %s is not divisible by %s; replicated", dim, logical, axes)
+      logging.log_first_n(logging.INFO, "sharding: dimension %d of %s is not divisible by %s; replicated", 10, dim, logical, axes)
       axes = ()
     out.append(axes[0] if len(axes) == 1 else (axes or None))
   return P(*out)

@@ -52,6 +52,22 @@ def validate(config) -> None:
                      f"config.grad_accum_steps={config.grad_accum_steps}")
 
 
+def load_config_file(path: str):
+  """`get_config()` of a config file such as configs/demo.py (a path, relative to the working directory
+  or to the repository root)."""
+  import importlib.util  # noqa: PLC0415
+  import os  # noqa: PLC0415
+  if not os.path.isfile(path):
+    repo_path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), path)
+    if not os.path.isfile(repo_path):
+      raise FileNotFoundError(f"config file {path} not found")
+    path = repo_path
+  spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def with_overrides(config, overrides: dict):
   """A copy of `config` with dotted-key overrides applied ({"loss.name": "dft", ...}).
 
