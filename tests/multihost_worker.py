@@ -40,6 +40,7 @@ GLOBAL_ROWS = 8
 SEQ_LEN = 64
 NUM_RECORDS = 64
 LOSSES = ("ranktuner", "talr")
+TEMPLATE = "Question: {prompt}\nAnswer: "
 
 
 def make_records() -> list[dict]:
@@ -55,8 +56,9 @@ def make_records() -> list[dict]:
 
 
 def make_formatter(records) -> formatting.Formatter:
-  tok = HFTokenizer(train_bpe((r["prompt"] + r["response"] for r in records), 300), special_tokens=BPE_SPECIALS)
-  return formatting.Formatter(tok, "plain", "Question: {prompt}\nAnswer: ")
+  """A BPE tokenizer trained on the templated texts (short enough for 2 examples per row)."""
+  texts = (TEMPLATE.format(prompt=r["prompt"]) + r["response"] for r in records)
+  return formatting.Formatter(HFTokenizer(train_bpe(texts, 300), special_tokens=BPE_SPECIALS), "plain", TEMPLATE)
 
 
 def local_batch(records, formatter, process_index: int, process_count: int) -> dict:

@@ -135,7 +135,7 @@ def test_hosts_read_disjoint_halves(run):
   reports, _, reference = run
   seen = [r["source_indices"] for r in reports]
   assert seen == reference["indices"]  # each host's pipeline is the one built here with its process_index
-  assert all(len(s) > 0 for s in seen)
+  assert all(len(s) > worker.GLOBAL_ROWS // NUM_PROCESSES for s in seen)  # packed: more examples than rows
   assert not set(seen[0]) & set(seen[1])
   for i, s in enumerate(seen):
     assert all(j % NUM_PROCESSES == i for j in s), (i, s)  # records[i::2] on host i
@@ -161,8 +161,10 @@ def test_train_step_matches_one_process(run, loss):
     np.testing.assert_allclose(got["param_total"], sum(float(np.sum(v, dtype=np.float64)) for v in params.values()),
                                rtol=1e-6)
   assert reports[0][loss] == reports[1][loss]  # the step's outputs are replicated: both hosts agree exactly
-  # Adam's first step is lr * g / (|g| + eps): for |g| near eps it amplifies the reduction-order
-  # rounding of g, so elements are compared to 1% of the learning rate (the size of a step).
+  # Adam's first step moves each parameter by lr * g / (|g| + eps) (~lr): for |g| near eps (1e-8)
+  # the reduction-order rounding of g shows (up to ~0.3% of lr seen), so elements are compared
+  # to 5% of the step; a wrong batch or reduction moves many by ~lr.
   lr = worker.run_config(loss).optimizer.learning_rate
+  assert float(metrics["learning_rate"]) == pytest.approx(lr)  # no warmup: the step is not a no-op
   for key, expected in params.items():
-    np.testing.assert_allclose(arrays[f"{loss}/{key}"], expected, rtol=0, atol=1e-2 * lr, err_msg=key)
+    np.testing.assert_allclose(arrays[f"{loss}/{key}"], expected, rtol=0, atol=5e-2 * lr, err_msg=key)

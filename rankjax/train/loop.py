@@ -77,6 +77,12 @@ def create_state(config, model, mesh: Mesh) -> train_state.TrainState:
 
 def _batch_sharding(mesh: Mesh, micro_batch: int) -> NamedSharding:
   batch_ways = int(np.prod([mesh.shape[a] for a in models.sharding.BATCH_AXES]))
+  if jax.process_count() > 1 and (batch_ways % jax.process_count() or micro_batch % batch_ways):
+    # Each host feeds rows_per_host = batch / processes rows; that is only its share of the global
+    # batch when the batch axis is split across hosts.
+    raise ValueError(f"multi-host: the batch is split over data*fsdp = {batch_ways} ways, which must be a multiple "
+                     f"of the {jax.process_count()} processes and divide the micro-batch of {micro_batch}; "
+                     "change config.mesh or config.data.batch_size")
   if micro_batch % batch_ways:
     print(f"[rankjax] micro-batch {micro_batch} is not divisible by the data*fsdp mesh size {batch_ways}: "
           "every device computes the whole batch", flush=True)
