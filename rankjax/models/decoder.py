@@ -51,13 +51,15 @@ class Transformer(nn.Module):
   to 0..T-1. With `return_hidden=True` it returns (final hidden states [B, T, D], LM-head
   kernel [D, V]) instead, for losses that fuse the output projection. With `cache`
   (from `init_cache`) the tokens are appended at cache["index"] and the call returns
-  (logits, updated cache): incremental decoding.
+  (logits, updated cache): incremental decoding. `last_only=True` gives logits of the last
+  position only ([B, 1, V]), as a generation prefill needs.
   """
 
   config: object
 
   @nn.compact
-  def __call__(self, input_ids, positions=None, segment_ids=None, return_hidden: bool = False, cache=None):
+  def __call__(self, input_ids, positions=None, segment_ids=None, return_hidden: bool = False, cache=None,
+               last_only: bool = False):
     c = self.config
     if input_ids.ndim != 2:
       raise ValueError(f"Transformer: input_ids must be [batch, seq], got shape {input_ids.shape}")
@@ -97,6 +99,8 @@ class Transformer(nn.Module):
                           (c.hidden_size, c.vocab_size), pdtype)
     if return_hidden:
       return x, kernel
+    if last_only:  # prefill for generation: [B, 1, V] instead of [B, T, V]
+      x = x[:, -1:]
     logits = x @ kernel.astype(dtype)
     if cache is None:
       return logits

@@ -139,7 +139,7 @@ def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array
     return out, lengths + write.astype(jnp.int32), done | hit
 
   logits, cache = model.apply({"params": params}, prompt_ids.astype(jnp.int32), positions=positions,
-                              segment_ids=segments, cache=cache)
+                              segment_ids=segments, cache=cache, last_only=True)
   token = pick(logits[:, -1], 0)
   out, lengths, done = record(0, token, jnp.zeros((b, n), jnp.int32), jnp.zeros((b,), jnp.int32), prompt_len == 0)
 
