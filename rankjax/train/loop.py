@@ -166,8 +166,9 @@ def _train(config, workdir: str, model, data) -> dict:
       if done % config.checkpoint_every == 0 or done == config.total_steps:
         checkpointing.save(manager, state, data_iterator=data.iterator)
       bar.update(1)
-    print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
-          flush=True)
+    if data.record_counts():
+      print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
+            flush=True)
     if config.export_hf:
       manager.wait_until_finished()
       source = config.init_from if is_hf_checkpoint(config.init_from) else None
