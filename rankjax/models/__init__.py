@@ -10,6 +10,7 @@ from rankjax.models.decoder import DecoderLayer, Transformer, init_cache
 from rankjax.models.hf_checkpoint import build_hf_model, from_pretrained, load_params, save_pretrained
 from rankjax.models.hf_config import HFConfigError, config_from_hf, config_to_hf, read_hf_config
 from rankjax.models.generate import SamplingConfig, generate
+from rankjax.models.params import abstract_params, model_shardings
 from rankjax.models.sharding import DEFAULT_RULES, make_mesh, param_shardings
 from rankjax.models.tokenizer import HFTokenizer, load_hf_tokenizer
 
@@ -27,10 +28,9 @@ def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8):
   return nn.meta.unbox(variables["params"])
 
 
-def logical_axes(model: Transformer, seq_len: int = 8):
+def logical_axes(model: Transformer):
   """Pytree of logical axis names (PartitionSpec of logical names) for each parameter."""
-  abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, seq_len), jnp.int32)))
-  return nn.get_partition_spec(abstract)["params"]
+  return abstract_params(model)[0]
 
 
 def count_params(params) -> int:
@@ -40,4 +40,4 @@ def count_params(params) -> int:
 __all__ = ["default_config", "validate_config", "Transformer", "DecoderLayer", "init_cache", "build_model", "init_params",
            "logical_axes", "count_params", "from_pretrained", "save_pretrained", "build_hf_model", "load_params",
            "HFConfigError", "config_from_hf", "config_to_hf", "read_hf_config", "DEFAULT_RULES", "make_mesh",
-           "param_shardings", "SamplingConfig", "generate", "HFTokenizer", "load_hf_tokenizer"]
+           "param_shardings", "abstract_params", "model_shardings", "SamplingConfig", "generate", "HFTokenizer", "load_hf_tokenizer"]

@@ -6,10 +6,8 @@ import json
 import os
 import shutil
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -17,6 +15,7 @@ from jax.sharding import Mesh
 from rankjax.models import config as model_config
 from rankjax.models import hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer
+from rankjax.models.params import abstract_params
 from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
 
 # Files a checkpoint directory carries besides weights and config.json; copied on export when asked.
@@ -30,12 +29,6 @@ def _dtype_name(dtype) -> str:
   if name not in model_config.DTYPES:
     raise ValueError(f"dtype {name} is not one of {sorted(model_config.DTYPES)}")
   return name
-
-
-def _abstract(model: Transformer):
-  """(logical-axis tree, ShapeDtypeStruct tree) of the model's parameters, without allocating them."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))["params"]
-  return nn.get_partition_spec(boxed), nn.meta.unbox(boxed)
 
 
 def _get(tree, path):
@@ -81,7 +74,7 @@ def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=N
   naming the tensor for a missing, unexpected or mis-shaped tensor.
   """
   reader = CheckpointReader(path)
-  logical, abstract = _abstract(model)
+  logical, abstract = abstract_params(model)
   shardings = sharding.param_shardings(logical, abstract, mesh, rules) if mesh is not None else None
   mapping = hf_keys.key_map(model.config)
   mapped_paths = {p for _, p, _ in mapping}
@@ -146,7 +139,7 @@ def save_pretrained(model: Transformer, params, path: str, dtype=None, max_shard
   only process 0 writes.
   """
   c = model.config
-  _, abstract = _abstract(model)
+  _, abstract = abstract_params(model)
   mapping = hf_keys.key_map(c)
   tensors = []
   for name, param_path, rule in mapping:
@@ -177,8 +170,3 @@ def save_pretrained(model: Transformer, params, path: str, dtype=None, max_shard
     with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as f:
       json.dump({"bos_token_id": hf["bos_token_id"], "eos_token_id": hf["eos_token_id"]}, f, indent=2)
   write_checkpoint(tensors, path, max_shard_bytes)
-
-
-def model_config_of(path: str) -> ml_collections.ConfigDict:
-  """The rankjax model config of checkpoint directory `path` (float32)."""
-  return hf_config.read_hf_config(path)

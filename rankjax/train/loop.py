@@ -57,13 +57,11 @@ def create_state(config, model, mesh: Mesh) -> train_state.TrainState:
   Parameters are created directly in their shardings (logical axes -> mesh by
   `models.DEFAULT_RULES`); the optimizer state inherits them.
   """
-  logical = models.logical_axes(model)
-  abstract = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
-  shardings = models.param_shardings(logical, abstract, mesh)
   if is_hf_checkpoint(config.init_from):
     params = models.load_params(model, config.init_from, mesh)
   else:
-    init = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len), out_shardings=shardings)
+    init = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
+                   out_shardings=models.model_shardings(model, mesh))
     params = init(jax.random.PRNGKey(config.seed))
     if config.init_from:
       params = checkpointing.restore_params(config.init_from, params)
