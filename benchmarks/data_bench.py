@@ -19,11 +19,9 @@ import time
 import numpy as np
 
 from rankjax.data import formatting, pipeline, sources
-from rankjax.data.tokenizer import train_bpe
-from rankjax.models.tokenizer import HFTokenizer
+from rankjax.data.bpe import train_bpe
 from rankjax.train.config import with_overrides
 from rankjax.train.config import load_config_file
-from rankjax.train.data_stream import BPE_SPECIALS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,12 +76,12 @@ def main():
   args = parser.parse_args()
   config = _config("configs/gsm8k_tiny.py")
   with tempfile.TemporaryDirectory() as tfds_dir:
-    config = with_overrides(config, {"data.tfds_data_dir": tfds_dir})
+    config = with_overrides(config, {"data.files.tfds_data_dir": tfds_dir})
     t0 = time.perf_counter()
     records = sources.load_records(config.data)
     records = [records[i] for i in range(len(records))]
     prepare = time.perf_counter() - t0
-  tok = HFTokenizer(train_bpe((r["prompt"] + r["response"] for r in records), 2048), special_tokens=BPE_SPECIALS)
+  tok = train_bpe((r["prompt"] + r["response"] for r in records), 2048)
   step_rate = train_step_rate()  # before pinning to one core: the step uses every core
   os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
   print(f"GSM8K train: {len(records)} records (TFDS prepare + read: {prepare:.1f} s); pipeline on 1 core, no prefetch\n")

@@ -119,16 +119,16 @@ def zipf_rows(n, v, seed=0):
 
 def demo_logits(workdir, n):
   from rankjax import models
-  from rankjax.data.tokenizer import load_tokenizer
   from rankjax.data import synthetic
+  from rankjax.data.tokenizer import load_tokenizer
   from rankjax.train.checkpointing import restore_params
   import ml_collections
   config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
   model = models.build_model(config.model)
   params = restore_params(os.path.join(workdir, "runs", "ranktuner"), models.init_params(model, jax.random.PRNGKey(0)))
-  tok = load_tokenizer(os.path.join(workdir, "tokenizer.json"))
-  texts = [e.prompt + e.response for e in synthetic.make_splits(config.data.seed, 0, 0, 64)["eval"]]
-  ids = [[1] + tok.encode(t).ids for t in texts]
+  tok = load_tokenizer(workdir)
+  texts = [e.prompt + e.response for e in synthetic.make_splits(config.data.synthetic.seed, 0, 0, 64)["eval"]]
+  ids = [[tok.bos_id] + tok.encode(t) for t in texts]
   width = max(map(len, ids))
   arr = np.zeros((len(ids), width), np.int32)
   seg = np.zeros_like(arr)

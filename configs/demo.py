@@ -21,9 +21,9 @@ def get_config():
   config.model.mlp_dim = 384
   config.data.seq_len = 96
   config.data.batch_size = 32
-  config.data.num_pretrain = 20000
-  config.data.num_finetune = 3000
-  config.data.num_eval = 300
+  config.data.synthetic.num_pretrain = 20000
+  config.data.synthetic.num_finetune = 3000
+  config.data.synthetic.num_eval = 300
   config.loss.token_chunk = 3072  # V = 512: one chunk per micro-batch is cheapest
   # At V = 512 an int-key sort of each row is cheaper than the 4,001-bin histogram (which wins
   # at LLM vocabularies); see benchmarks/README.md.

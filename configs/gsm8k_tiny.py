@@ -26,7 +26,7 @@ def get_config():
   config.model.mlp_dim = 384
   config.data.source = "gsm8k"
   config.data.split = "train"
-  config.data.manual_dir = os.path.normpath(SHARED_GSM8K)
+  config.data.files.manual_dir = os.path.normpath(SHARED_GSM8K)
   config.data.seq_len = 512
   config.data.batch_size = 8
   config.data.prompt_format = "plain"

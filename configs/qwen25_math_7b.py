@@ -1,11 +1,11 @@
 """The paper's recipe: RankTuner fine-tuning of Qwen2.5-Math-7B on the first 10,000 NuminaMath-CoT examples.
 
 python -m rankjax.main --config=configs/qwen25_math_7b.py --workdir=/runs/qwen25_math_7b_ranktuner \\
-    --config.init_from=/ckpt/Qwen2.5-Math-7B --config.data.manual_dir=/data/NuminaMath-CoT
+    --config.init_from=/ckpt/Qwen2.5-Math-7B --config.data.files.manual_dir=/data/NuminaMath-CoT
 
 - init_from: a local Hugging Face checkpoint directory (config.json + *.safetensors +
   tokenizer files). The same config fine-tunes Qwen3-8B or Llama-3.1-8B: point init_from there.
-- data.manual_dir: NuminaMath-CoT as train.jsonl / train.parquet (or train-*.parquet shards)
+- data.files.manual_dir: NuminaMath-CoT as train.jsonl / train.parquet (or train-*.parquet shards)
   with problem/solution (or messages) fields; it is prepared once as a TFDS dataset.
 - Prompts use the checkpoint's chat template with the Qwen2.5-Math chain-of-thought system
   prompt; the loss covers each solution and its end-of-turn tokens.
@@ -16,7 +16,7 @@ python -m rankjax.main --config=configs/qwen25_math_7b.py --workdir=/runs/qwen25
 - Baselines: --config.loss.name=sft | dft | talr | eaft; the bound form: --config.loss.form=bound.
 """
 
-from rankjax.models.tokenizer import MATH_COT_SYSTEM
+from rankjax.data.hf_tokenizer import MATH_COT_SYSTEM
 from rankjax.train.config import base_config
 
 
@@ -37,7 +37,7 @@ def get_config():
 
   config.data.source = "numina_math_cot"
   config.data.split = "train[:10000]"
-  config.data.manual_dir = ""  # required: --config.data.manual_dir=/path/to/NuminaMath-CoT
+  config.data.files.manual_dir = ""  # required: --config.data.files.manual_dir=/path/to/NuminaMath-CoT
   config.data.prompt_format = "chat"
   config.data.system_prompt = MATH_COT_SYSTEM
   config.data.seq_len = 2048

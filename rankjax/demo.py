@@ -16,8 +16,7 @@ import time
 import jax
 
 from rankjax import models
-from rankjax.data import sources
-from rankjax.data.sft_batches import BatchSchedule, tokenize_examples
+from rankjax.data import pipeline, sources, stream
 from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
@@ -82,9 +81,9 @@ def run(config, workdir: str) -> list[dict]:
   methods = methods_of(config)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  splits = sources.load_splits(config.data)
-  tokenizer = sources.get_tokenizer(config.data, workdir, splits, config.model.vocab_size)
-  tokenizer_path = config.data.tokenizer_path or os.path.join(workdir, "tokenizer.json")
+  tokenizer = stream.run_tokenizer(config, workdir, config.model.vocab_size)
+  tokenizer_path = config.data.tokenizer_path or workdir
+  eval_records = sources.load_records(config.data, "eval")
 
   base_dir = os.path.join(workdir, "base")
   print(f"[demo] 1/3 pretraining the base model ({config.demo.pretrain_steps} steps) in {base_dir}", flush=True)
@@ -101,16 +100,16 @@ def run(config, workdir: str) -> list[dict]:
     train(stage_config(config, **{"loss.name": method, "init_from": base_dir,
                                   "data.tokenizer_path": tokenizer_path}), run_dirs[method])
 
-  print(f"[demo] 3/3 evaluating on {len(splits['eval'])} unseen problems", flush=True)
+  print(f"[demo] 3/3 evaluating on {len(eval_records)} unseen problems", flush=True)
   model = models.build_model(config.model)
   like = models.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
-  eval_data = tokenize_examples(splits["eval"], tokenizer, config.data.seq_len, "response", "drop")
-  eval_batch = {k: v[0] for k, v in BatchSchedule(eval_data, len(eval_data)).batch(0).items()}
+  formatter = stream.make_formatter(config.data, tokenizer)
+  eval_batch = pipeline.example_batch(eval_records, formatter, config.data.seq_len)
   diag_config = stage_config(config, **{"loss.name": "ranktuner", "loss.diagnostics": True}).loss
   rows, samples = [], {}
   for method, d in {"base (no fine-tuning)": base_dir, **run_dirs}.items():
     params = checkpointing.restore_params(d, like)
-    acc, examples = answer_accuracy(model, params, tokenizer, splits["eval"], config.demo.max_new_tokens,
+    acc, examples = answer_accuracy(model, params, formatter, eval_records, config.demo.max_new_tokens,
                                     config.demo.eval_batch_size)
     aux = teacher_forced_aux(model, params, eval_batch, diag_config)
     final = _final_metrics(d) if d != base_dir else {}
@@ -122,7 +121,7 @@ def run(config, workdir: str) -> list[dict]:
   wall = time.time() - t0
   header = (f"# rankjax demo results\n\nBase: {config.demo.pretrain_steps} pretraining steps; each method "
             f"{config.total_steps} fine-tuning steps of {config.data.batch_size} sequences from the same base; "
-            f"accuracy = exact match of the final answer under greedy decoding on {len(splits['eval'])} unseen "
+            f"accuracy = exact match of the final answer under greedy decoding on {len(eval_records)} unseen "
             f"problems of the held-out formats. Mean RankTuner weight: teacher-forced on the eval set. "
             f"Wall time of this invocation: {wall:.0f} s.")
   table = _markdown(rows, header)

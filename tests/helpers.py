@@ -13,9 +13,9 @@ def tiny_run_config(**overrides):
   c.model.num_heads = 4
   c.model.num_kv_heads = 2
   c.model.mlp_dim = 64
-  c.data.num_pretrain = 300
-  c.data.num_finetune = 200
-  c.data.num_eval = 20
+  c.data.synthetic.num_pretrain = 300
+  c.data.synthetic.num_finetune = 200
+  c.data.synthetic.num_eval = 20
   c.data.seq_len = 96
   c.data.batch_size = 8
   c.optimizer.learning_rate = 3e-3

@@ -28,9 +28,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from rankjax import models  # noqa: E402
 from rankjax.data import formatting, pipeline  # noqa: E402
-from rankjax.data.tokenizer import train_bpe  # noqa: E402
-from rankjax.models.tokenizer import HFTokenizer  # noqa: E402
-from rankjax.train.data_stream import BPE_SPECIALS  # noqa: E402
+from rankjax.data.bpe import train_bpe  # noqa: E402
 from rankjax.train.loop import create_state  # noqa: E402
 from rankjax.train.optimizer import learning_rate_schedule  # noqa: E402
 from rankjax.train.train_step import make_train_step  # noqa: E402
@@ -58,7 +56,7 @@ def make_records() -> list[dict]:
 def make_formatter(records) -> formatting.Formatter:
   """A BPE tokenizer trained on the templated texts (short enough for 2 examples per row)."""
   texts = (TEMPLATE.format(prompt=r["prompt"]) + r["response"] for r in records)
-  return formatting.Formatter(HFTokenizer(train_bpe(texts, 300), special_tokens=BPE_SPECIALS), "plain", TEMPLATE)
+  return formatting.Formatter(train_bpe(texts, 300), "plain", TEMPLATE)
 
 
 def local_batch(records, formatter, process_index: int, process_count: int) -> dict:

@@ -1,4 +1,4 @@
-"""Tests of the Hugging Face checkpoint tokenizer and chat templates (rankjax.models.tokenizer) against transformers."""
+"""Tests of the Hugging Face checkpoint tokenizer and chat templates (rankjax.data.hf_tokenizer) against transformers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import jinja2
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from rankjax.models import tokenizer as hf
+from rankjax.data import hf_tokenizer as hf
 
 CORPUS = [
   "Please reason step by step, and put your final answer within \\boxed{}.",

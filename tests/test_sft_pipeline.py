@@ -9,9 +9,8 @@ import pytest
 
 from rankjax import models
 from rankjax.data import formatting, pipeline
-from rankjax.data.tokenizer import train_bpe
-from rankjax.models.tokenizer import HFTokenizer, load_hf_tokenizer
-from rankjax.train.data_stream import BPE_SPECIALS
+from rankjax.data.bpe import train_bpe
+from rankjax.data.hf_tokenizer import load_hf_tokenizer
 from tests.test_hf_tokenizer import qwen_dir  # noqa: F401 (fixture)
 
 
@@ -24,7 +23,7 @@ def _record(prompt, response, i=0, **extra):
 def gsm8k(shared_data):
   rows = [json.loads(line) for line in open(shared_data / "gsm8k" / "train.jsonl")][:600]
   records = [_record(r["question"], r["answer"], i) for i, r in enumerate(rows)]
-  tok = HFTokenizer(train_bpe((r["prompt"] + r["response"] for r in records), 1024), special_tokens=BPE_SPECIALS)
+  tok = train_bpe((r["prompt"] + r["response"] for r in records), 1024)
   return records, tok
 
 

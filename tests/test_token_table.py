@@ -5,7 +5,8 @@ import numpy as np
 
 from rankjax import losses, models
 from rankjax.data import synthetic
-from rankjax.data.tokenizer import train_bpe
+from rankjax.data.bpe import train_bpe
+from rankjax.data.formatting import Formatter
 from rankjax.eval.token_table import format_table, token_table, weights_html
 
 
@@ -16,7 +17,8 @@ def test_token_table_rows_match_response():
   c.vocab_size, c.hidden_size, c.num_layers, c.mlp_dim = 300, 32, 1, 64
   model = models.build_model(c)
   params = models.init_params(model, jax.random.PRNGKey(0))
-  rows = token_table(model, params, tok, examples[0], losses.default_config())
+  record = synthetic.as_records(examples[:1], "finetune")[0]
+  rows = token_table(model, params, Formatter(tok), record, losses.default_config())
   assert "".join(r["token"] for r in rows) == examples[0].response + "<eos>"
   for r in rows:
     assert 1 <= r["rank"] <= 300 and 1.0 <= r["expected_rank"] <= 150.5 + 1e-3

@@ -1,10 +1,11 @@
-"""Tests of the byte-level BPE tokenizer."""
+"""Tests of the byte-level BPE tokenizer (rankjax.data.bpe) and the run tokenizer resolver (rankjax.data.tokenizer)."""
 
 import random
 
 import pytest
 
-from rankjax.data import synthetic, tokenizer
+from rankjax.data import bpe, synthetic, tokenizer
+from rankjax.data.hf_tokenizer import HFTokenizer, load_hf_tokenizer
 
 VOCAB_SIZE = 512
 
@@ -17,7 +18,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def tok(corpus):
-  return tokenizer.train_bpe(corpus, VOCAB_SIZE)
+  return bpe.train_bpe(corpus, VOCAB_SIZE).tokenizer
 
 
 def random_unicode(rng: random.Random, length: int) -> str:
@@ -32,16 +33,16 @@ def random_unicode(rng: random.Random, length: int) -> str:
 
 def test_vocab_size_and_special_ids(tok):
   assert tok.get_vocab_size() == VOCAB_SIZE
-  assert (tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID) == (0, 1, 2)
-  assert tok.token_to_id("<pad>") == tokenizer.PAD_ID
-  assert tok.token_to_id("<bos>") == tokenizer.BOS_ID
-  assert tok.token_to_id("<eos>") == tokenizer.EOS_ID
+  assert (bpe.PAD_ID, bpe.BOS_ID, bpe.EOS_ID) == (0, 1, 2)
+  assert tok.token_to_id("<pad>") == bpe.PAD_ID
+  assert tok.token_to_id("<bos>") == bpe.BOS_ID
+  assert tok.token_to_id("<eos>") == bpe.EOS_ID
   assert tok.id_to_token(2) == "<eos>"
 
 
 def test_encode_adds_no_special_tokens(tok):
   ids = tok.encode("Question: 1 + 2?").ids
-  assert not {tokenizer.PAD_ID, tokenizer.BOS_ID, tokenizer.EOS_ID} & set(ids)
+  assert not {bpe.PAD_ID, bpe.BOS_ID, bpe.EOS_ID} & set(ids)
 
 
 def test_round_trip_corpus(tok, corpus):
@@ -76,28 +77,54 @@ def test_bpe_learns_merges(tok):
 
 
 def test_deterministic(corpus, tok):
-  assert tokenizer.train_bpe(corpus, VOCAB_SIZE).to_str() == tok.to_str()
-  assert tokenizer.train_bpe(iter(corpus), VOCAB_SIZE).to_str() == tok.to_str()
+  assert bpe.train_bpe(corpus, VOCAB_SIZE).tokenizer.to_str() == tok.to_str()
+  assert bpe.train_bpe(iter(corpus), VOCAB_SIZE).tokenizer.to_str() == tok.to_str()
 
 
-def test_save_load_round_trip(corpus, tmp_path):
-  path = tmp_path / "sub" / "tokenizer.json"
-  trained = tokenizer.train_bpe(corpus, VOCAB_SIZE, path=str(path))
-  assert path.is_file()
-  loaded = tokenizer.load_tokenizer(path)
-  assert loaded.to_str() == trained.to_str()
-  text = corpus[3] + " 😀 ünï"
-  assert loaded.encode(text).ids == trained.encode(text).ids
-  assert loaded.decode(loaded.encode(text).ids) == text
-  assert loaded.token_to_id("<eos>") == tokenizer.EOS_ID
+def test_save_load_round_trip_as_hf_tokenizer_directory(corpus, tmp_path):
+  directory = tmp_path / "sub"
+  trained = bpe.train_bpe(corpus, VOCAB_SIZE, directory)
+  assert isinstance(trained, HFTokenizer)
+  assert (directory / "tokenizer.json").is_file() and (directory / "tokenizer_config.json").is_file()
+  for loaded in (load_hf_tokenizer(directory), tokenizer.load_tokenizer(str(directory)),
+                 tokenizer.load_tokenizer(str(directory / "tokenizer.json"))):
+    assert loaded.tokenizer.to_str() == trained.tokenizer.to_str()
+    assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (bpe.BOS_ID, bpe.EOS_ID, bpe.PAD_ID)
+    text = corpus[3] + " 😀 ünï"
+    assert loaded.encode(text) == trained.encode(text)
+    assert loaded.decode(loaded.encode(text)) == text
+
+
+def test_bare_tokenizer_json_is_read_as_rankjax_bpe(corpus, tmp_path):
+  raw = bpe.train_bpe(corpus, VOCAB_SIZE).tokenizer
+  raw.save(str(tmp_path / "tokenizer.json"))  # no tokenizer_config.json beside it
+  loaded = tokenizer.load_tokenizer(str(tmp_path / "tokenizer.json"))
+  assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (bpe.BOS_ID, bpe.EOS_ID, bpe.PAD_ID)
 
 
 def test_load_missing_file(tmp_path):
   missing = tmp_path / "nope" / "tokenizer.json"
   with pytest.raises(FileNotFoundError, match="nope"):
-    tokenizer.load_tokenizer(missing)
+    tokenizer.load_tokenizer(str(missing))
+
+
+def test_resolver_trains_once_then_reuses_the_workdir_tokenizer(corpus, tmp_path):
+  first = tokenizer.resolve_tokenizer("", "", str(tmp_path), VOCAB_SIZE, iter(corpus))
+  again = tokenizer.resolve_tokenizer("", "", str(tmp_path), VOCAB_SIZE, texts=None)  # no texts needed now
+  assert again.tokenizer.to_str() == first.tokenizer.to_str()
+
+
+def test_resolver_refuses_a_tokenizer_larger_than_the_model_vocabulary(corpus, tmp_path):
+  bpe.train_bpe(corpus, VOCAB_SIZE, tmp_path)
+  with pytest.raises(ValueError, match="vocab_size is 300"):
+    tokenizer.resolve_tokenizer(str(tmp_path), "", str(tmp_path / "w"), 300)
+
+
+def test_resolver_without_any_tokenizer_names_the_fields(tmp_path):
+  with pytest.raises(ValueError, match="tokenizer_path"):
+    tokenizer.resolve_tokenizer("", "", str(tmp_path), VOCAB_SIZE, texts=None)
 
 
 def test_vocab_too_small(corpus):
   with pytest.raises(ValueError, match="vocab_size"):
-    tokenizer.train_bpe(corpus, 100)
+    bpe.train_bpe(corpus, 100)

@@ -25,7 +25,7 @@ def tfds_dir(tmp_path_factory):
 
 def _config(shared_data, tfds_dir, **overrides):
   config = load_config_file("configs/gsm8k_tiny.py")
-  small = {"data.manual_dir": str(shared_data / "gsm8k"), "data.tfds_data_dir": tfds_dir, "data.seq_len": 256,
+  small = {"data.files.manual_dir": str(shared_data / "gsm8k"), "data.files.tfds_data_dir": tfds_dir, "data.seq_len": 256,
            "data.batch_size": 4, "model.vocab_size": 1024, "model.hidden_size": 32, "model.num_layers": 2,
            "model.mlp_dim": 64, "total_steps": 4, "log_every": 1, "checkpoint_every": 2, "progress": False}
   return with_overrides(config, {**small, **overrides})

@@ -92,7 +92,7 @@ def test_paper_config_runs_on_a_tiny_checkpoint(qwen_dir, tmp_path):  # noqa: F8
       f.write(json.dumps({"problem": f"What is {i} plus {i}?", "solution": f"We add: {i}+{i}={2 * i}. "
                           f"The answer is \\boxed{{{2 * i}}}.", "source": "synthetic"}) + "\n")
   config = with_overrides(load_config_file("configs/qwen25_math_7b.py"), {
-      "init_from": str(ckpt), "data.manual_dir": str(data), "data.tfds_data_dir": str(tmp_path / "tfds"),
+      "init_from": str(ckpt), "data.files.manual_dir": str(data), "data.files.tfds_data_dir": str(tmp_path / "tfds"),
       "data.split": "train[:30]", "data.seq_len": 128, "data.batch_size": 4, "grad_accum_steps": 2,
       "total_steps": 2, "checkpoint_every": 2, "progress": False, "loss.token_chunk": 128})
   workdir = str(tmp_path / "run")
@@ -106,6 +106,6 @@ def test_paper_config_runs_on_a_tiny_checkpoint(qwen_dir, tmp_path):  # noqa: F8
 
 
 def test_chat_format_without_a_checkpoint_is_a_clear_error(tmp_path):
-  config = with_overrides(load_config_file("configs/qwen25_math_7b.py"), {"data.manual_dir": str(tmp_path)})
+  config = with_overrides(load_config_file("configs/qwen25_math_7b.py"), {"data.files.manual_dir": str(tmp_path)})
   with pytest.raises(ValueError, match="init_from"):
     loop.train(config, str(tmp_path / "run"))

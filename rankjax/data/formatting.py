@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 
-from rankjax.models.tokenizer import HFTokenizer, prompt_and_response_ids
+from rankjax.data.hf_tokenizer import HFTokenizer, prompt_and_response_ids
 
 PROMPT_FORMATS = ("plain", "chat")
 
@@ -68,6 +68,8 @@ class Formatter:
     if prompt_format == "chat" and not tokenizer.chat_template:
       raise ValueError("data: prompt_format='chat' needs a tokenizer with a chat template "
                        "(tokenizer_config.json or chat_template.jinja)")
+    if prompt_format == "plain" and "{prompt}" not in plain_template:
+      raise ValueError(f"data config: plain_template={plain_template!r} has no {{prompt}} field")
     self.tokenizer, self.prompt_format = tokenizer, prompt_format
     self.plain_template, self.system_prompt = plain_template, system_prompt
 
@@ -80,7 +82,13 @@ class Formatter:
         raise SkipExample("non_string:prompt")
     if self.prompt_format == "chat":
       return prompt_and_response_ids(self.tokenizer, context, response)
+    return self._plain_prompt(context), self.tokenizer.encode(response) + [self.tokenizer.eos_id]
+
+  def prompt_ids(self, record: dict) -> list[int]:
+    """Returns the ids a model is given to answer `record` (what `__call__` returns as the prompt)."""
+    return self(record)[0]
+
+  def _plain_prompt(self, context: list[dict]) -> list[int]:
     prompt_text = "\n\n".join(t["content"] for t in context if t.get("role") != "system")
     bos = [] if self.tokenizer.bos_id is None else [self.tokenizer.bos_id]
-    prompt = bos + self.tokenizer.encode(self.plain_template.format(prompt=prompt_text))
-    return prompt, self.tokenizer.encode(response) + [self.tokenizer.eos_id]
+    return bos + self.tokenizer.encode(self.plain_template.format(prompt=prompt_text))

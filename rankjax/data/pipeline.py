@@ -40,6 +40,8 @@ class PipelineOptions:
   packing_bins: int = 8  # first-fit bins kept open (more: less padding, more reordering)
   prefetch: int = 2  # batches prepared ahead in a background thread; 0: none
   num_epochs: int = 0  # 0: repeat forever
+  shuffle: bool = True  # False: records in source order (evaluation)
+  drop_remainder: bool = True  # False: a last, smaller batch when the data end (num_epochs > 0)
   process_index: int = 0
   process_count: int = 1
 
@@ -134,14 +136,16 @@ def build_dataset(records, formatter: Formatter, options: PipelineOptions) -> gr
   ds = grain.MapDataset.source(records)
   if options.process_count > 1:
     ds = ds[options.process_index::options.process_count]
-  ds = ds.shuffle(seed=options.shuffle_seed).repeat(options.num_epochs or None)
+  if options.shuffle:
+    ds = ds.shuffle(seed=options.shuffle_seed)
+  ds = ds.repeat(options.num_epochs or None)
   ds = ds.map(TokenizeRecord(formatter, options)).to_iter_dataset()
   ds = CountAndDropSkipped(ds, options.strict)
   t = options.seq_len
   ds = grain.experimental.FirstFitPackIterDataset(
       ds, length_struct={"inputs": t, "targets": t, "loss_mask": t}, num_packing_bins=options.packing_bins,
       shuffle_bins=False, max_sequences_per_bin=None if options.packing else 1)
-  ds = ds.map(_rename).batch(options.rows_per_host, drop_remainder=True)
+  ds = ds.map(_rename).batch(options.rows_per_host, drop_remainder=options.drop_remainder)
   if options.prefetch:
     ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=options.prefetch)
   return ds
@@ -179,7 +183,10 @@ class SFTPipeline:
       batch = next(self.iterator)
     except StopIteration:
       raise StopIteration(f"data: the dataset ran out after {self.options.num_epochs} epoch(s)") from None
-    return {k: batch[k].reshape(accum_steps, rows // accum_steps, -1) for k in BATCH_KEYS}
+    if batch["inputs"].shape[0] % accum_steps:
+      raise ValueError(f"data: a last batch of {batch['inputs'].shape[0]} rows cannot be split into "
+                       f"{accum_steps} micro-steps")
+    return {k: batch[k].reshape(accum_steps, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
 
   def record_counts(self) -> dict:
     return dict(_find_counts(self.iterator.get_state()) or {})
@@ -210,3 +217,16 @@ def check_supervised(records, formatter: Formatter, options: PipelineOptions, li
     counts[element["skip"]] += 1
   raise ValueError(f"data: no record yields a supervised token ({n} scanned; by reason: {dict(counts)}). "
                    "Check the field mapping, loss_on, seq_len and truncation.")
+
+
+def example_batch(records, formatter: Formatter, seq_len: int, strict: bool = True) -> dict:
+  """Returns every record, in order, as one unpacked batch of arrays [n, seq_len] (the pipeline's keys), through
+  the same tokenisation and masking as training (truncating over-long ones; evaluation and token tables)."""
+  options = PipelineOptions(seq_len=seq_len, rows_per_host=max(len(records), 1), truncation="truncate",
+                            strict=strict, packing=False, prefetch=0, num_epochs=1, shuffle=False,
+                            drop_remainder=False)
+  pipe = SFTPipeline(records, formatter, options)
+  try:
+    return {k: v[0] for k, v in pipe.next_batch(1).items()}
+  finally:
+    pipe.close()

@@ -16,8 +16,8 @@ import tempfile
 from absl import app, flags
 from ml_collections import config_flags
 
-from rankjax.train import data_stream
-from rankjax.train.loop import build_run_model, is_hf_checkpoint
+from rankjax import models
+from rankjax.data import stream
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file", lock_config=True)
 _N = flags.DEFINE_integer("n", 3, "number of examples to show")
@@ -43,11 +43,9 @@ def render_example(tokenizer, inputs, targets, mask, color: bool) -> str:
 
 def preview(config, n: int, workdir: str, color: bool = False) -> str:
   """The text shown for the first `n` packed examples of the run's data."""
-  if config.data.source == "synthetic":
-    raise ValueError("preview shows file sources (data.source = gsm8k / numina_math_cot / jsonl)")
-  model = build_run_model(config)
-  hf = config.init_from if is_hf_checkpoint(config.init_from) else ""
-  tokenizer, pipe = data_stream.make_file_pipeline(config, workdir, model.config.vocab_size, hf)
+  init = models.resolve_init_from(config.init_from)
+  vocab_size = models.read_hf_config(init.path).vocab_size if init.kind == "hf" else config.model.vocab_size
+  tokenizer, pipe = stream.make_pipeline(config, workdir, vocab_size, init.hf_dir)
   lines, shown = [], 0
   try:
     while shown < n:

@@ -1,96 +1,138 @@
-"""Where training examples and the tokenizer come from, as named by `config.data`."""
+"""Where training records come from, as named by `config.data`: one random-access sequence of canonical
+record dicts (see `rankjax.data.formatting`) per source and split, whatever the source.
+
+- "synthetic": the generated arithmetic corpus (`rankjax.data.synthetic`), held in memory; configured by
+  `data.synthetic.*`.
+- "gsm8k", "numina_math_cot", "jsonl": TFDS builders over local files (`data.files.*`); "jsonl" maps its
+  fields with `data.jsonl.*`.
+
+Every source goes through the same formatting and Grain pipeline. A field of a group that does not apply to
+the chosen source is an error (`validate_config`), so no setting is silently ignored.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 from rankjax.data import synthetic
-from rankjax.data.tokenizer import load_tokenizer, train_bpe
 
-# "synthetic": the generated arithmetic corpus (in memory, batched by BatchSchedule). The others
-# are TFDS builders over local files (config.data.manual_dir), fed through the Grain pipeline.
 FILE_SOURCES = {"gsm8k": "gsm8k_local", "numina_math_cot": "numina_math_cot", "jsonl": "sft_jsonl"}
 SOURCES = ("synthetic",) + tuple(FILE_SOURCES)
-SPLITS = ("pretrain", "finetune", "eval")
+SYNTHETIC_SPLITS = ("pretrain", "finetune", "eval")
+# Per-source defaults of the fields left unset (None) in the config.
+SYNTHETIC_DEFAULTS = {"packing": False,  # one example per row: the demo's numbers stay comparable across versions
+                      "plain_template": "{prompt}"}  # the synthetic prompts carry their own template
+FILE_DEFAULTS = {"packing": True, "plain_template": "Question: {prompt}\nAnswer: "}
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Returns the data config: the synthetic arithmetic corpus, fine-tuning split, 128-token rows."""
   c = ml_collections.ConfigDict()
-  c.source = "synthetic"
-  c.split = "finetune"  # which split this run trains on
-  c.seed = 0  # corpus generation
-  c.num_pretrain = 20000
-  c.num_finetune = 4000
-  c.num_eval = 200
-  # Template of the pretraining split: "finetune" (the default) lets the base model learn the
-  # answer format, as real base math models know it; "pretrain" makes the format new at SFT.
-  c.pretrain_template = "finetune"
+  c.source = "synthetic"  # one of SOURCES
+  c.split = "finetune"  # which split this run trains on (synthetic: pretrain / finetune / eval; files: TFDS syntax)
   c.seq_len = 128  # tokens per row fed to the model
   c.batch_size = 32  # sequences per optimizer step (global batch)
-  c.loss_on = "response"  # "response" (SFT) or "all" (pretraining)
-  c.truncation = "drop"
-  c.strict = False
-  # "": the HF checkpoint's tokenizer when init_from is one, else WORKDIR/tokenizer.json (a BPE
-  # trained on the training split if absent); or a tokenizer.json / HF checkpoint directory.
+  c.loss_on = "response"  # "response" (SFT) or "all" (pretraining: every target after the first token)
+  c.truncation = "drop"  # over-long examples: "drop" or "truncate" (cut the response)
+  c.strict = False  # raise on the first bad record instead of counting and skipping it
+  # "": the HF checkpoint's tokenizer when init_from is one, else WORKDIR/tokenizer.json (a BPE of
+  # model.vocab_size trained on the training records if absent); or a tokenizer directory / tokenizer.json.
   c.tokenizer_path = ""
   c.shuffle_seed = 0
-  # File sources (TFDS builders prepared from local files, read by the Grain pipeline):
-  c.manual_dir = ""  # directory holding the source files, e.g. ../shared/data/gsm8k
-  c.tfds_data_dir = ""  # where prepared datasets live; "": TFDS's default (~/tensorflow_datasets)
-  c.prompt_field = "prompt"  # source="jsonl": field names of the prompt / response ...
-  c.response_field = "response"
-  c.messages_field = ""  # ... or of a chat `messages` list (then prompt/response fields are unused)
   c.prompt_format = "plain"  # "plain": BOS + plain_template + response + EOS; "chat": the tokenizer's chat template
-  c.plain_template = "Question: {prompt}\nAnswer: "
+  c.plain_template = config_dict.placeholder(str)  # None: "{prompt}" (synthetic), "Question: {prompt}\nAnswer: " (files)
   c.system_prompt = ""  # "chat": system turn added to records without one
-  c.packing = True  # pack several examples per row (segment_ids keep them apart)
+  c.packing = config_dict.placeholder(bool)  # several examples per row; None: off for synthetic, on for files
   c.packing_bins = 8
   c.prefetch = 2  # batches prepared ahead in a background thread
   c.num_epochs = 0  # 0: repeat the data forever
+  c.synthetic = ml_collections.ConfigDict({  # source="synthetic": the generator
+      "seed": 0, "num_pretrain": 20000, "num_finetune": 4000, "num_eval": 200,
+      # Template of the pretraining split: "finetune" (the default) lets the base model learn the
+      # answer format, as real base math models know it; "pretrain" makes the format new at SFT.
+      "pretrain_template": "finetune"})
+  c.files = ml_collections.ConfigDict({  # file sources (TFDS builders prepared from local files)
+      "manual_dir": "",  # directory holding the source files, e.g. ../shared/data/gsm8k
+      "tfds_data_dir": ""})  # where prepared datasets live; "": TFDS's default (~/tensorflow_datasets)
+  c.jsonl = ml_collections.ConfigDict({  # source="jsonl": field names of the prompt / response ...
+      "prompt_field": "prompt", "response_field": "response",
+      "messages_field": ""})  # ... or of a chat `messages` list (then prompt/response fields are unused)
   return c
 
 
-def load_records(config, split: str | None = None):
-  """The canonical records (random access; see rankjax.data.formatting) of a file source's split."""
-  from rankjax.data import tfds_builders  # noqa: PLC0415 (TFDS is imported only for file sources)
-  if config.source not in FILE_SOURCES:
-    raise ValueError(f"data config: source={config.source!r} is not a file source {tuple(FILE_SOURCES)}")
-  if not config.manual_dir:
-    raise ValueError(f"data config: source={config.source!r} needs data.manual_dir (the directory of its files)")
-  kwargs = {}
-  if config.source == "jsonl":
-    kwargs = dict(prompt_field=config.prompt_field, response_field=config.response_field,
-                  messages_field=config.messages_field)
-  return tfds_builders.load_source(FILE_SOURCES[config.source], split or config.split,
-                                   os.path.abspath(os.path.expanduser(config.manual_dir)),
-                                   os.path.expanduser(config.tfds_data_dir) or None, **kwargs)
+def _groups_for(source: str) -> set[str]:
+  return {"synthetic"} if source == "synthetic" else ({"files", "jsonl"} if source == "jsonl" else {"files"})
 
 
-def load_splits(config) -> dict:
-  """Returns {"pretrain", "finetune", "eval"} lists of examples with .prompt/.response/.answer."""
+def validate_config(config) -> None:
+  """Raises ValueError naming the field: an unknown source or split, or a set field of a group
+  (data.synthetic / data.files / data.jsonl) that the chosen source does not read."""
   if config.source not in SOURCES:
-    raise ValueError(f"data config: source={config.source!r} is not one of {SOURCES}")
-  if config.source != "synthetic":
-    raise ValueError(f"data config: source={config.source!r} is read by load_records, not load_splits")
-  return synthetic.make_splits(config.seed, config.num_pretrain, config.num_finetune, config.num_eval,
-                               config.pretrain_template)
+    raise ValueError(f"config.data.source={config.source!r} is not one of {SOURCES}")
+  if config.source == "synthetic" and config.split not in SYNTHETIC_SPLITS:
+    raise ValueError(f"config.data.split={config.split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
+  if config.source != "synthetic" and not config.files.manual_dir:
+    raise ValueError(f"config.data.source={config.source!r} needs config.data.files.manual_dir (the directory of "
+                     "its files)")
+  defaults, used = default_config(), _groups_for(config.source)
+  for group in ("synthetic", "files", "jsonl"):
+    if group in used:
+      continue
+    for field, value in config[group].items():
+      if value != defaults[group][field]:
+        raise ValueError(f"config.data.{group}.{field}={value!r} does not apply to config.data.source="
+                         f"{config.source!r}: it reads only {sorted('data.' + g for g in used)}")
 
 
-def corpus_texts(splits: dict):
-  """Texts a tokenizer is trained on: every training example (never the eval split)."""
-  for name in ("pretrain", "finetune"):
-    for ex in splits[name]:
-      yield ex.prompt + ex.response
+def resolved(config, field: str):
+  """Returns data field `field` (packing, plain_template), or the source's default when it is unset."""
+  value = config[field]
+  if value is not None:
+    return value
+  return (SYNTHETIC_DEFAULTS if config.source == "synthetic" else FILE_DEFAULTS)[field]
 
 
-def get_tokenizer(config, workdir: str, splits: dict, vocab_size: int):
-  """Loads `config.tokenizer_path`, else WORKDIR/tokenizer.json, training it on the corpus if absent."""
-  if config.tokenizer_path:
-    return load_tokenizer(config.tokenizer_path)
-  path = os.path.join(workdir, "tokenizer.json")
-  if os.path.exists(path):
-    return load_tokenizer(path)
-  return train_bpe(corpus_texts(splits), vocab_size, path)
+@functools.lru_cache(maxsize=4)
+def _synthetic_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int, template: str) -> dict:
+  return synthetic.make_splits(seed, n_pretrain, n_finetune, n_eval, template)
+
+
+def synthetic_splits(config) -> dict:
+  """{"pretrain", "finetune", "eval"}: lists of synthetic.Example of the config's generator."""
+  s = config.synthetic
+  return _synthetic_splits(s.seed, s.num_pretrain, s.num_finetune, s.num_eval, s.pretrain_template)
+
+
+def load_records(config, split: str | None = None):
+  """Returns the canonical records (a random-access sequence of dicts) of `split` (default: data.split)."""
+  validate_config(config)
+  split = split or config.split
+  if config.source == "synthetic":
+    splits = synthetic_splits(config)
+    if split not in splits:
+      raise ValueError(f"config.data.split={split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
+    return synthetic.as_records(splits[split], split)
+  from rankjax.data import tfds_builders  # noqa: PLC0415 (TFDS is imported only for file sources)
+  kwargs = dict(config.jsonl) if config.source == "jsonl" else {}
+  return tfds_builders.load_source(FILE_SOURCES[config.source], split,
+                                   os.path.abspath(os.path.expanduser(config.files.manual_dir)),
+                                   os.path.expanduser(config.files.tfds_data_dir) or None, **kwargs)
+
+
+def tokenizer_texts(config, records=None):
+  """Yields the texts a new BPE is trained on: every training example, never an evaluation one (synthetic:
+  the pretraining and fine-tuning splits, so that both stages of the demo share one tokenizer; files: the
+  run's records)."""
+  if config.source == "synthetic":
+    splits = synthetic_splits(config)
+    for name in ("pretrain", "finetune"):
+      for ex in splits[name]:
+        yield ex.prompt + ex.response
+    return
+  records = load_records(config) if records is None else records
+  for i in range(len(records)):
+    yield str(records[i]["prompt"]) + str(records[i]["response"])

@@ -321,6 +321,12 @@ def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int,
   return {"pretrain": [next(pretrain) for _ in range(n_pretrain)], "finetune": finetune, "eval": eval_set}
 
 
+def as_records(examples: Sequence[Example], split: str) -> list[dict]:
+  """Returns `examples` as canonical SFT records (the dicts every source yields; see rankjax.data.formatting)."""
+  return [{"prompt": ex.prompt, "response": ex.response, "messages": "", "answer": ex.answer,
+           "source_file": f"synthetic/{split}", "source_index": i, "error": ""} for i, ex in enumerate(examples)]
+
+
 _ANSWER_RE = re.compile(r"(?:####|\b[Tt]he answer is)[ \t]*(-?\d+)(?!\w|\.\d|,\d)")
 
 

@@ -1,65 +1,48 @@
-"""Small byte-level BPE tokenizer (HF `tokenizers`) for the synthetic arithmetic data.
-
-Byte-level pre-tokenization and decoding make `decode(encode(x)) == x` for any text
-(without the literal special-token strings), and every digit is its own token, so
-numbers are spelled digit by digit. No normalizer and no post-processor: `encode`
-adds no special tokens; callers add BOS_ID / EOS_ID / PAD_ID themselves.
-"""
+"""The one place that decides a run's tokenizer (always an `HFTokenizer`)."""
 
 from __future__ import annotations
 
 import os
-import pathlib
 from collections.abc import Iterable
 
 import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
 
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
-PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
-MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 256  # specials plus every byte
+from rankjax.data import bpe
+from rankjax.data.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, HFTokenizer, load_hf_tokenizer
 
 
-def _empty_tokenizer() -> tokenizers.Tokenizer:
-  """Returns an untrained BPE tokenizer with the digit-splitting byte-level pipeline."""
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-    pre_tokenizers.Digits(individual_digits=True),
-    pre_tokenizers.ByteLevel(add_prefix_space=False),
-  ])
-  tok.decoder = decoders.ByteLevel()
-  return tok
+def load_tokenizer(path: str) -> HFTokenizer:
+  """Returns the tokenizer at `path`: an HF checkpoint / tokenizer directory, or a tokenizer.json file.
 
-
-def train_bpe(texts: Iterable[str], vocab_size: int, path: str | os.PathLike | None = None) -> tokenizers.Tokenizer:
-  """Trains and returns a byte-level BPE tokenizer on `texts`; saves tokenizer.json to `path` if given.
-
-  Ids 0, 1, 2 are <pad>, <bos>, <eos>; all 256 bytes are in the vocabulary, so
-  nothing is ever unknown. The same texts give the same tokenizer.
+  A tokenizer.json with no tokenizer_config.json beside it is taken to be a rankjax BPE (<bos>, <eos>, <pad>).
+  FileNotFoundError naming the path when there is no tokenizer there.
   """
-  if vocab_size < MIN_VOCAB_SIZE:
-    raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE} (3 specials + 256 bytes), got {vocab_size}")
-  tok = _empty_tokenizer()
-  trainer = trainers.BpeTrainer(
-    vocab_size=vocab_size,
-    min_frequency=2,
-    special_tokens=list(SPECIAL_TOKENS),
-    initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    show_progress=False,
-  )
-  tok.train_from_iterator(texts, trainer=trainer)
-  for token, expected in zip(SPECIAL_TOKENS, (PAD_ID, BOS_ID, EOS_ID)):
-    assert tok.token_to_id(token) == expected, (token, tok.token_to_id(token))
-  if path is not None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(path))
-  return tok
+  path = os.path.expanduser(path)
+  folder = path if os.path.isdir(path) else os.path.dirname(path)
+  if os.path.isdir(path) or os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
+    return load_hf_tokenizer(folder)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.tokenizer_path: no tokenizer at {path} (expected a directory holding "
+                            f"{TOKENIZER_FILE} or a {TOKENIZER_FILE} file)")
+  return bpe.wrap(tokenizers.Tokenizer.from_file(path), folder)
 
 
-def load_tokenizer(path: str | os.PathLike) -> tokenizers.Tokenizer:
-  """Returns the tokenizer saved at `path` (a tokenizer.json); FileNotFoundError if there is none."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"no tokenizer file at {path}; train one with train_bpe(texts, vocab_size, path)")
-  return tokenizers.Tokenizer.from_file(str(path))
+def resolve_tokenizer(tokenizer_path: str, hf_dir: str, workdir: str, vocab_size: int,
+                      texts: Iterable[str] | None = None) -> HFTokenizer:
+  """Returns the run's tokenizer, checked to fit a model of `vocab_size` token ids:
+
+  `tokenizer_path` (data.tokenizer_path) if set, else the HF checkpoint's (`hf_dir`, from init_from), else
+  WORKDIR's own (tokenizer.json), else a BPE of `vocab_size` trained on `texts` and saved to WORKDIR.
+  """
+  if tokenizer_path or hf_dir:
+    tokenizer = load_tokenizer(tokenizer_path or hf_dir)
+  elif os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
+    tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_FILE))
+  elif texts is None:
+    raise ValueError("data: no tokenizer (set data.tokenizer_path, or init_from a Hugging Face checkpoint)")
+  else:
+    tokenizer = bpe.train_bpe(texts, vocab_size, workdir)
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f"tokenizer {tokenizer.path or ''} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+                     f"is {vocab_size}: targets would fall outside the vocabulary")
+  return tokenizer

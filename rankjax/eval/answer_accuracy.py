@@ -7,22 +7,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax import losses
+from rankjax.data.formatting import Formatter
 from rankjax.data.synthetic import extract_answer
-from rankjax.data.tokenizer import BOS_ID, EOS_ID
 from rankjax.eval.greedy import greedy_generate
 
 
-def answer_accuracy(model, params, tokenizer, examples, max_new_tokens: int, batch_size: int = 256):
-  """Greedy-decodes every example's prompt; returns (accuracy in [0, 1], list of per-example dicts
-  with prompt, completion, predicted and gold answer)."""
-  prompts = [[BOS_ID] + tokenizer.encode(ex.prompt).ids for ex in examples]
-  completions = greedy_generate(model, params, prompts, max_new_tokens, EOS_ID, batch_size=batch_size)
+def answer_accuracy(model, params, formatter: Formatter, records, max_new_tokens: int, batch_size: int = 256):
+  """Greedy-decodes every record's prompt (as `formatter` writes it for training); returns (accuracy in
+  [0, 1], list of per-record dicts with prompt, completion, predicted and gold answer)."""
+  tokenizer = formatter.tokenizer
+  prompts = [formatter.prompt_ids(r) for r in records]
+  completions = greedy_generate(model, params, prompts, max_new_tokens, tokenizer.eos_id,
+                                pad_id=tokenizer.pad_id or 0, batch_size=batch_size)
   rows = []
-  for ex, ids in zip(examples, completions):
+  for record, ids in zip(records, completions):
     text = tokenizer.decode(ids)
     pred = extract_answer(text)
-    rows.append({"prompt": ex.prompt, "completion": text, "predicted": pred, "gold": ex.answer,
-                 "correct": pred is not None and pred == ex.answer})
+    rows.append({"prompt": record["prompt"], "completion": text, "predicted": pred, "gold": record["answer"],
+                 "correct": pred is not None and pred == record["answer"]})
   return float(np.mean([r["correct"] for r in rows])), rows
 
 

@@ -9,14 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from rankjax import losses
-from rankjax.data.sft_batches import BatchSchedule, tokenize_examples
+from rankjax.data.formatting import Formatter
+from rankjax.data.pipeline import example_batch
 
 
-def token_table(model, params, tokenizer, example, loss_config, seq_len: int = 256) -> list[dict]:
-  """One row per supervised target token of `example`: token text, p_t, log p_t (nats), entropy
-  (bits), rank R_t, expected rank E[R_t] and the weight of `loss_config` (stop-gradient)."""
-  data = tokenize_examples([example], tokenizer, seq_len, "response", "truncate", strict=True)
-  batch = {k: jnp.asarray(v[0]) for k, v in BatchSchedule(data, 1).batch(0).items()}
+def token_table(model, params, formatter: Formatter, record: dict, loss_config, seq_len: int = 256) -> list[dict]:
+  """One row per supervised target token of `record` (a canonical record, formatted as training formats it):
+  token text, p_t, log p_t (nats), entropy (bits), rank R_t, expected rank E[R_t] and the weight of
+  `loss_config` (stop-gradient)."""
+  tokenizer = formatter.tokenizer
+  batch = {k: jnp.asarray(v) for k, v in example_batch([record], formatter, seq_len).items()}
   logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"])
   stats = losses.token_stats(logits, batch["targets"])

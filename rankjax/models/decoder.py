@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from rankjax.models import config as model_config
 from rankjax.models.attention import Attention
@@ -105,3 +106,16 @@ class Transformer(nn.Module):
     if cache is None:
       return logits
     return logits, {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": kv_segments, "index": index + t}
+
+
+def build_model(config) -> Transformer:
+  """Validates `config` (a model ConfigDict) and returns the Flax module (hashable: its config is frozen)."""
+  model_config.validate_config(config)
+  return Transformer(ml_collections.FrozenConfigDict(config))
+
+
+def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8):
+  """Initialises parameters (unboxed: plain arrays; `nn.get_partition_spec` of the boxed
+  tree gives logical axes)."""
+  variables = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))
+  return nn.meta.unbox(variables["params"])

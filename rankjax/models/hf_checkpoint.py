@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from jax.sharding import Mesh
 
 from rankjax.models import config as model_config
 from rankjax.models import hf_config, hf_keys, sharding
-from rankjax.models.decoder import Transformer
+from rankjax.models.decoder import Transformer, build_model
 from rankjax.models.params import abstract_params
 from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
 
@@ -51,10 +52,41 @@ def _flat_paths(tree, prefix=()):
     yield prefix
 
 
+INIT_KINDS = ("none", "hf", "workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class InitFrom:
+  """What a run's `init_from` points at: kind "none" (""), "hf" (a Hugging Face checkpoint directory:
+  config.json next to *.safetensors) or "workdir" (a rankjax workdir, or its checkpoints/ folder)."""
+
+  kind: str
+  path: str = ""
+
+  @property
+  def hf_dir(self) -> str:
+    """Returns the HF checkpoint directory, or "" when init_from is not one."""
+    return self.path if self.kind == "hf" else ""
+
+
+def resolve_init_from(path: str) -> InitFrom:
+  """Returns what `path` (config.init_from) is; FileNotFoundError naming the path when it is neither an HF
+  checkpoint nor a rankjax workdir. This is the one place that looks at the directory's contents."""
+  if not path:
+    return InitFrom("none")
+  path = os.path.expanduser(path)
+  if os.path.isfile(os.path.join(path, "config.json")) and any(
+      f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path)):
+    return InitFrom("hf", path)
+  if os.path.basename(os.path.normpath(path)) == "checkpoints" or os.path.isdir(os.path.join(path, "checkpoints")):
+    return InitFrom("workdir", path)
+  raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors) "
+                          f"nor a rankjax workdir (a directory with checkpoints/)")
+
+
 def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides) -> Transformer:
   """The rankjax model of checkpoint `path`'s config.json, in compute dtype `dtype` and params in
   `param_dtype` (default: `dtype`); `overrides` set further model fields (remat, attention_impl, ...)."""
-  from rankjax.models import build_model  # noqa: PLC0415 (package __init__ imports this module)
   c = hf_config.read_hf_config(path)
   c.dtype = _dtype_name(dtype)
   c.param_dtype = _dtype_name(param_dtype or dtype)

@@ -20,3 +20,13 @@ def model_shardings(model, mesh: Mesh, rules=None):
   """Tree of NamedSharding for `model`'s parameters on `mesh` (logical axes -> mesh axes by `rules`)."""
   logical, abstract = abstract_params(model)
   return sharding.param_shardings(logical, abstract, mesh, rules)
+
+
+def logical_axes(model):
+  """Pytree of logical axis names (PartitionSpec of logical names) for each parameter."""
+  return abstract_params(model)[0]
+
+
+def count_params(params) -> int:
+  """Returns the number of scalars in the parameter tree `params`."""
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -13,12 +13,12 @@ import orbax.checkpoint as ocp
 DATA_ITEM = "data_iter"
 
 
-def make_manager(workdir: str, keep: int = 3, with_data_iterator: bool = False) -> ocp.CheckpointManager:
-  """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps; with
-  `with_data_iterator`, checkpoints also hold the Grain data iterator's state (one JSON per process)."""
+def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps; checkpoints hold
+  params, optimizer state, meta and the Grain data iterator's state (one JSON per process)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-  names = ("params", "opt_state", "meta") + ((DATA_ITEM,) if with_data_iterator else ())
-  handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()} if with_data_iterator else None
+  names = ("params", "opt_state", "meta", DATA_ITEM)
+  handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                item_names=names, item_handlers=handlers)
 

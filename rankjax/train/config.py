@@ -39,6 +39,7 @@ def validate(config) -> None:
   """Raises ValueError naming the field for values no run can use (before any compile)."""
   if config.job not in JOBS:
     raise ValueError(f"config.job={config.job!r} is not one of {JOBS}")
+  sources.validate_config(config.data)
   if config.data.prompt_format == "chat" and not (config.init_from or config.data.tokenizer_path):
     raise ValueError("config.data.prompt_format='chat' needs a tokenizer with a chat template: set "
                      "config.init_from to a Hugging Face checkpoint directory (or config.data.tokenizer_path)")
@@ -84,3 +85,9 @@ def with_overrides(config, overrides: dict):
       raise KeyError(f"config has no field {key!r}")
     node[leaf] = value
   return c
+
+
+def with_model(config, model_config):
+  """A copy of `config` whose `model` fields are those of `model_config` (the resolved architecture, e.g. an
+  HF checkpoint's), so that WORKDIR/config.json records the model the run actually trained."""
+  return with_overrides(config, {f"model.{k}": v for k, v in dict(model_config).items()})

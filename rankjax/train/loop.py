@@ -15,7 +15,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rankjax import models
 from rankjax.models import flops
-from rankjax.train import checkpointing, data_stream
+from rankjax.data import stream
+from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train.metrics_writer import MetricsWriter
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -23,27 +24,22 @@ from rankjax.train.train_step import make_train_step
 
 
 def write_config(config, workdir: str) -> None:
-  """Writes the resolved config to WORKDIR/config.json."""
-  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  """Writes `config` to WORKDIR/config.json (process 0 only)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 
 
-def is_hf_checkpoint(path: str) -> bool:
-  """True if `path` is a Hugging Face checkpoint directory (config.json next to safetensors weights)."""
-  return bool(path) and os.path.isfile(os.path.join(path, "config.json")) and any(
-      f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path))
-
-
-def build_run_model(config):
-  """The run's model: config.model, or the architecture of the HF checkpoint in config.init_from
-  with config.model's runtime fields (dtype, param_dtype, remat, attention_impl)."""
-  if not is_hf_checkpoint(config.init_from):
+def build_run_model(config, init: models.InitFrom):
+  """The run's model: config.model, or the architecture of the HF checkpoint `init` points at, with
+  config.model's runtime fields (dtype, param_dtype, remat, attention_impl)."""
+  if init.kind != "hf":
     return models.build_model(config.model)
   runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
-  return models.build_hf_model(config.init_from, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
+  return models.build_hf_model(init.path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
 
 
 def make_run_mesh(config) -> Mesh:
@@ -51,20 +47,22 @@ def make_run_mesh(config) -> Mesh:
   return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
-def create_state(config, model, mesh: Mesh) -> train_state.TrainState:
-  """Fresh TrainState placed on `mesh`: params from config.seed (or config.init_from), optimizer state, step 0.
+def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
+  """Fresh TrainState placed on `mesh`: params from config.seed, or from `init` (an HF checkpoint or another
+  run's workdir; default: resolved from config.init_from), optimizer state, step 0.
 
   Parameters are created directly in their shardings (logical axes -> mesh by
   `models.DEFAULT_RULES`); the optimizer state inherits them.
   """
-  if is_hf_checkpoint(config.init_from):
-    params = models.load_params(model, config.init_from, mesh)
+  init = models.resolve_init_from(config.init_from) if init is None else init
+  if init.kind == "hf":
+    params = models.load_params(model, init.path, mesh)
   else:
-    init = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
+    make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
                    out_shardings=models.model_shardings(model, mesh))
-    params = init(jax.random.PRNGKey(config.seed))
-    if config.init_from:
-      params = checkpointing.restore_params(config.init_from, params)
+    params = make(jax.random.PRNGKey(config.seed))
+    if init.kind == "workdir":
+      params = checkpointing.restore_params(init.path, params)
   tx = make_optimizer(config.optimizer, config.total_steps)
   replicated = NamedSharding(mesh, P())
   on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)  # noqa: E731
@@ -91,18 +89,18 @@ def _batch_sharding(mesh: Mesh, micro_batch: int) -> NamedSharding:
 def train(config, workdir: str) -> dict:
   """Trains `config.total_steps` optimizer steps in `workdir`, resuming from its latest checkpoint.
 
-  Writes WORKDIR/config.json, metrics.jsonl (one row per logged step, `step` = completed
-  optimizer steps), tensorboard/ and checkpoints/. Returns the last logged metrics row
-  (empty if the run was already complete).
+  Writes (process 0) WORKDIR/config.json with the resolved model config, metrics.jsonl (one row per logged
+  step, `step` = completed optimizer steps), tensorboard/ and, on every process, checkpoints/. Returns the
+  last logged metrics row (empty if the run was already complete).
   """
   run_config.validate(config)
+  init = models.resolve_init_from(config.init_from)
+  model = build_run_model(config, init)
   os.makedirs(workdir, exist_ok=True)
-  write_config(config, workdir)
-  model = build_run_model(config)
-  hf_checkpoint = config.init_from if is_hf_checkpoint(config.init_from) else ""
-  data = data_stream.make_stream(config, workdir, model.config.vocab_size, hf_checkpoint)
+  write_config(run_config.with_model(config, model.config), workdir)
+  _, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
   try:
-    return _train(config, workdir, model, data)
+    return _train(config, workdir, model, data, init)
   finally:
     data.close()
 
@@ -111,11 +109,33 @@ def _record_metrics(counts: dict) -> dict:
   return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
 
 
-def _train(config, workdir: str, model, data) -> dict:
+def _watch_nonfinite(step_fn):
+  """step_fn with a device-side record of the first refused step, so the loop need not read every step's
+  `nonfinite` on the host: (state, batch, first_bad, done) -> (state, metrics, first_bad); first_bad is the
+  optimizer step (1-based) of the first non-finite step, or 0."""
+  def step(state, batch, first_bad, done):
+    state, metrics = step_fn(state, batch)
+    first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
+    return state, metrics, first_bad
+  return step
+
+
+class _NoWriter:
+  """Stands in for MetricsWriter on processes other than 0."""
+
+  def write(self, step: int, metrics: dict) -> dict:
+    return {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+
+  def close(self) -> None:
+    pass
+
+
+def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
+  lead = jax.process_index() == 0
   mesh = make_run_mesh(config)
-  state = create_state(config, model, mesh)
+  state = create_state(config, model, mesh, init)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  manager = checkpointing.make_manager(workdir, config.keep_checkpoints, with_data_iterator=data.iterator is not None)
+  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
@@ -125,32 +145,37 @@ def _train(config, workdir: str, model, data) -> dict:
 
   batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-  step_fn = jax.jit(make_train_step(model, config.loss, lr_schedule), donate_argnums=0,
-                    out_shardings=(state_shardings, NamedSharding(mesh, P())))
-  writer = MetricsWriter(workdir, resume_step=start)
+  replicated = NamedSharding(mesh, P())
+  step_fn = jax.jit(_watch_nonfinite(make_train_step(model, config.loss, lr_schedule)), donate_argnums=0,
+                    out_shardings=(state_shardings, replicated, replicated))
+  writer = MetricsWriter(workdir, resume_step=start) if lead else _NoWriter()
   model_flops = flops.flops_per_token(model.config, config.data.seq_len)
   peak = flops.peak_flops_per_device(jax.devices()[0], model.config.dtype)
-  if data.record_counts() and set(data.record_counts()) != {"used"}:
+  if lead and data.record_counts() and set(data.record_counts()) != {"used"}:
     print(f"[rankjax] {workdir}: examples by reason so far: {data.record_counts()}", flush=True)
 
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not config.progress, dynamic_ncols=True,
-                  desc=os.path.basename(os.path.normpath(workdir)),
+  bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and lead),
+                  dynamic_ncols=True, desc=os.path.basename(os.path.normpath(workdir)),
                   mininterval=0.5 if sys.stderr.isatty() else 30.0)  # sparse lines in log files
   row, tokens_since, t_last = {}, 0, time.perf_counter()
+  first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
   try:
     for step in range(start, config.total_steps):
-      local = data.next_batch(step)
+      local = data.next_batch(config.grad_accum_steps)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
-      state, metrics = step_fn(state, batch)
       done = step + 1
+      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done))
       tokens_since += int(np.prod(batch["inputs"].shape))
-      if float(metrics["nonfinite"]) > 0:
-        last = manager.latest_step()
+      log = done % config.log_every == 0 or done == config.total_steps
+      save = done % config.checkpoint_every == 0 or done == config.total_steps
+      if (log or save) and int(first_bad):  # the only host syncs: on log and checkpoint steps
+        bad = int(first_bad)
         raise FloatingPointError(
-            f"step {done}: the loss or gradient is not finite (loss={float(metrics['loss'])}, grad_norm="
-            f"{float(metrics['grad_norm'])}); the update was not applied. The last good checkpoint "
-            f"(step {last}) is kept in {workdir}/checkpoints. Lower optimizer.learning_rate or check the data.")
-      if done % config.log_every == 0 or done == config.total_steps:
+            f"step {bad}: the loss or gradient is not finite, and that step's update was not applied "
+            f"(at step {done}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}). The last "
+            f"good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints. Lower "
+            "optimizer.learning_rate or check the data (a target id outside the vocabulary makes the loss NaN).")
+      if log:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t_last
         metrics.update(_record_metrics(data.record_counts()))
@@ -161,16 +186,15 @@ def _train(config, workdir: str, model, data) -> dict:
         row = writer.write(done, metrics)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}", refresh=False)
         tokens_since, t_last = 0, time.perf_counter()
-      if done % config.checkpoint_every == 0 or done == config.total_steps:
+      if save:
         checkpointing.save(manager, state, data_iterator=data.iterator)
       bar.update(1)
-    if data.record_counts():
+    if lead and data.record_counts():
       print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
             flush=True)
     if config.export_hf:
       manager.wait_until_finished()
-      source = config.init_from if is_hf_checkpoint(config.init_from) else None
-      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=source)
+      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=init.hf_dir or None)
   finally:
     bar.close()
     writer.close()

@@ -1,0 +1,48 @@
+"""A run's data from its config: the tokenizer, the formatter and the Grain pipeline of host-local batches.
+
+Every source (the synthetic corpus and the file sources alike) takes this one path:
+records (`sources.load_records`) -> `formatting.Formatter` -> `pipeline.SFTPipeline`.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from rankjax.data import formatting, pipeline, sources
+from rankjax.data.hf_tokenizer import HFTokenizer
+from rankjax.data.tokenizer import resolve_tokenizer
+
+
+def run_tokenizer(config, workdir: str, vocab_size: int, hf_dir: str = "", records=None) -> HFTokenizer:
+  """Returns the run's tokenizer (see `resolve_tokenizer`); a new BPE is trained on the source's training
+  texts (`sources.tokenizer_texts`) only when there is none yet."""
+  texts = sources.tokenizer_texts(config.data, records)  # a generator: read only if a BPE is trained
+  return resolve_tokenizer(config.data.tokenizer_path, hf_dir, workdir, vocab_size, texts)
+
+
+def make_formatter(data_config, tokenizer: HFTokenizer) -> formatting.Formatter:
+  """Returns the formatter of `data_config` (prompt format, template, system prompt) over `tokenizer`."""
+  return formatting.Formatter(tokenizer, data_config.prompt_format, sources.resolved(data_config, "plain_template"),
+                              data_config.system_prompt)
+
+
+def pipeline_options(config) -> pipeline.PipelineOptions:
+  """The pipeline options of a run config: this host's share of data.batch_size, seq_len, packing, ..."""
+  d = config.data
+  n = jax.process_count()
+  if d.batch_size % n:
+    raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the {n} processes")
+  return pipeline.PipelineOptions(
+      seq_len=d.seq_len, rows_per_host=d.batch_size // n, shuffle_seed=d.shuffle_seed, truncation=d.truncation,
+      loss_on=d.loss_on, strict=d.strict, packing=sources.resolved(d, "packing"), packing_bins=d.packing_bins,
+      prefetch=d.prefetch, num_epochs=d.num_epochs, process_index=jax.process_index(), process_count=n)
+
+
+def make_pipeline(config, workdir: str, vocab_size: int, hf_dir: str = ""):
+  """Returns (tokenizer, SFTPipeline) of a run config; raises before training if no record is usable."""
+  records = sources.load_records(config.data)
+  tokenizer = run_tokenizer(config, workdir, vocab_size, hf_dir, records)
+  formatter = make_formatter(config.data, tokenizer)
+  options = pipeline_options(config)
+  pipeline.check_supervised(records, formatter, options)
+  return tokenizer, pipeline.SFTPipeline(records, formatter, options)
