@@ -33,6 +33,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-xdist>=3.5",
+            "setuptools>=70.1",  # tests/test_wheel.py builds the wheel offline (--no-build-isolation; bdist_wheel built in)
             "hypothesis>=6.100",
             "torch==2.13.0",
             "transformers>=4.50",

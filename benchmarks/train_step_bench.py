@@ -1,7 +1,11 @@
 """Time of one jitted train step of the demo model, `sft` vs `ranktuner` (and the other schemes),
 measured side by side in one process, alternating, median of several repeats.
 
-  python benchmarks/train_step_bench.py [--steps 10] [--repeats 5] [--schemes sft,ranktuner,...]
+A second table times the loop's host pattern on the `sft` step, with a fresh host batch put on the device every
+step as in the loop: reading `nonfinite` on the host after every step (a device sync per step, the loop before
+issue 9) against the loop's device-side watch, read only on log steps (every --log-every steps).
+
+  python benchmarks/train_step_bench.py [--steps 10] [--repeats 5] [--schemes sft,ranktuner,...] [--log-every 10]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rankjax import models  # noqa: E402
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
+from rankjax.train.loop import watch_nonfinite  # noqa: E402
 from rankjax.train.train_step import make_train_step  # noqa: E402
 from rankjax.train.config import load_config_file  # noqa: E402
 
@@ -44,6 +49,7 @@ def main():
   parser.add_argument("--schemes", default="sft:plain,sft,ranktuner,ranktuner:plain,ranktuner-bound:plain,dft:plain,"
                       "talr:plain,eaft:plain",
                       help="name[-form][:plain]; ':plain' turns diagnostics off (no E[R] unless the scheme needs it)")
+  parser.add_argument("--log-every", type=int, default=10, help="host sync interval of the loop-pattern table")
   args = parser.parse_args()
 
   config = load_demo_config()
@@ -84,6 +90,49 @@ def main():
     med = statistics.median(ts)
     ratio = f"{med / base:.3f}" if base else "-"
     print(f"{scheme:<24}{med * 1e3:>10.1f}{tokens / med:>12.0f}{ratio:>14}")
+  host_sync_table(config, model, params, schedule, args)
+
+
+def host_sync_table(config, model, params, schedule, args):
+  """ms/step of the loop pattern: sync on `nonfinite` every step vs the device-side watch read every log step."""
+  loss_config = config.loss.copy_and_resolve_references()
+  loss_config.name, loss_config.diagnostics = "sft", False
+  step = make_train_step(model, loss_config, schedule)
+  every_step = jax.jit(step)
+  watched = jax.jit(watch_nonfinite(step))
+  host_batches = [synthetic_batch(config, np.random.default_rng(i)) for i in range(4)]
+  tx = make_optimizer(config.optimizer, 1000)
+  states = {m: train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx) for m in ("sync", "watch")}
+  first_bad = jax.numpy.zeros((), jax.numpy.int32)
+
+  def run(mode, n, start):
+    nonlocal first_bad
+    for i in range(start, start + n):
+      batch = jax.device_put(host_batches[i % len(host_batches)])
+      if mode == "sync":
+        states[mode], metrics = every_step(states[mode], batch)
+        assert float(metrics["nonfinite"]) == 0.0  # the per-step host read the loop used to do
+      else:
+        states[mode], metrics, first_bad = watched(states[mode], batch, first_bad, np.int32(i + 1))
+        if (i + 1) % args.log_every == 0:
+          assert int(first_bad) == 0
+    jax.block_until_ready(states[mode].params)
+
+  n = max(args.steps, args.log_every)
+  for mode in states:
+    run(mode, 2, 0)  # compile
+  times = {m: [] for m in states}
+  for r in range(args.repeats):
+    for mode in states:
+      t0 = time.perf_counter()
+      run(mode, n, r * n)
+      times[mode].append((time.perf_counter() - t0) / n)
+  sync = statistics.median(times["sync"])
+  print(f"\nloop host pattern (sft:plain, fresh host batch each step, {n} steps x {args.repeats} repeats):")
+  print(f"{'mode':<40}{'ms/step':>10}{'vs sync':>10}")
+  for mode, label in (("sync", "host reads nonfinite every step"), ("watch", f"device watch, read every {args.log_every}")):
+    med = statistics.median(times[mode])
+    print(f"{label:<40}{med * 1e3:>10.1f}{med / sync:>10.3f}")
 
 
 if __name__ == "__main__":

@@ -7,20 +7,34 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.multiprocess  # each test starts `python -m rankjax.main` (or experiments/sweep.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1", "--config.model.mlp_dim=64",
-        "--config.data.num_pretrain=200", "--config.data.num_finetune=64", "--config.data.num_eval=8",
+        "--config.data.synthetic.num_pretrain=200", "--config.data.synthetic.num_finetune=64", "--config.data.synthetic.num_eval=8",
         "--config.data.batch_size=4", "--config.log_every=1", "--config.progress=False"]
 
 
-def _run(*args):
+def _limit(timeouts):
+  """The longest run here (the demo) took ~50 calibrations (51 s) on a loaded 2-core machine; at least 600 s."""
+  return timeouts.calibrated(floor_s=600, calibrations=60)
+
+
+def _subprocess(args, limit):
   env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS="")
-  return subprocess.run([sys.executable, "-m", "rankjax.main", *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  try:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=limit.seconds)
+  except subprocess.TimeoutExpired:
+    pytest.fail(limit.message(" ".join(args[:3])))
 
 
-def test_train_run_from_config_file(tmp_path):
-  out = _run("--config=configs/synthetic_sft.py", f"--workdir={tmp_path}", "--config.total_steps=2",
+def _run(timeouts, *args):
+  return _subprocess(["-m", "rankjax.main", *args], _limit(timeouts))
+
+
+@pytest.mark.slow
+def test_train_run_from_config_file(tmp_path, timeouts):
+  out = _run(timeouts, "--config=configs/synthetic_sft.py", f"--workdir={tmp_path}", "--config.total_steps=2",
              "--config.loss.name=dft", *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -30,14 +44,15 @@ def test_train_run_from_config_file(tmp_path):
 
 @pytest.mark.parametrize("override,needle", [("--config.totl_steps=3", "totl_steps"),
                                              ("--config.loss.name=focal", "focal")])
-def test_bad_override_is_a_clear_error(tmp_path, override, needle):
-  out = _run("--config=configs/synthetic_sft.py", f"--workdir={tmp_path}", override)
+def test_bad_override_is_a_clear_error(tmp_path, timeouts, override, needle):
+  out = _run(timeouts, "--config=configs/synthetic_sft.py", f"--workdir={tmp_path}", override)
   assert out.returncode != 0
   assert needle in out.stderr
 
 
-def test_demo_end_to_end_small(tmp_path):
-  out = _run("--config=configs/demo.py", f"--workdir={tmp_path}", "--config.total_steps=2",
+@pytest.mark.slow
+def test_demo_end_to_end_small(tmp_path, timeouts):
+  out = _run(timeouts, "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.total_steps=2",
              "--config.demo.pretrain_steps=2", "--config.demo.max_new_tokens=8", *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.load(open(tmp_path / "results.json"))
@@ -47,13 +62,12 @@ def test_demo_end_to_end_small(tmp_path):
   assert (tmp_path / "results.md").exists() and (tmp_path / "loss_curves.png").stat().st_size > 0
 
 
-def test_sweep_runs_each_entry(tmp_path):
+@pytest.mark.slow
+def test_sweep_runs_each_entry(tmp_path, timeouts):
   sweep = tmp_path / "sweep.py"
   sweep.write_text('def get_sweep():\n  return [("a", {"loss.name": "sft"}), ("b", {"loss.name": "ranktuner", "loss.form": "bound"})]\n')
-  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS="")
-  out = subprocess.run([sys.executable, "experiments/sweep.py", "--config=configs/synthetic_sft.py", f"--sweep={sweep}",
-                        f"--workdir={tmp_path / 'runs'}", "--config.total_steps=1", *TINY], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = _subprocess(["experiments/sweep.py", "--config=configs/synthetic_sft.py", f"--sweep={sweep}",
+                     f"--workdir={tmp_path / 'runs'}", "--config.total_steps=1", *TINY], _limit(timeouts))
   assert out.returncode == 0, out.stderr[-3000:]
   for name, scheme in (("a", "sft"), ("b", "ranktuner")):
     assert json.load(open(tmp_path / "runs" / name / "config.json"))["loss"]["name"] == scheme

@@ -1,5 +1,10 @@
 """Two real JAX processes (jax.distributed over localhost, gloo CPU collectives, 2 devices each)
-against one process: the per-host Grain batches, the assembled global batch and one train step."""
+against one process: the per-host Grain batches, the assembled global batch and one train step.
+
+Marked `multiprocess`: `make test` runs these after the parallel part, alone (on 2 cores, 2 workers
+next to another xdist worker's compiles ran past a fixed 120 s limit). The workers' limit is derived
+from the measured time of the same work in this process (see `run`).
+"""
 
 import json
 import os
@@ -17,9 +22,10 @@ import pytest
 from rankjax import models
 from tests import multihost_worker as worker
 
+pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 NUM_PROCESSES = 2
-TIMEOUT_S = 120
+FLOOR_S = 600  # the workers' time limit is at least this (they take ~30-75 s alone on 2 cores)
 # A jaxlib without gloo CPU collectives: skip (any other worker failure fails the test).
 UNAVAILABLE = re.compile(r"Multiprocess computations aren't implemented on the CPU backend"
                          r"|has no attribute 'make_gloo_tcp_collectives'"
@@ -54,14 +60,15 @@ def _kill(procs: list[subprocess.Popen]) -> None:
     p.wait()
 
 
-def _wait(procs: list[subprocess.Popen], out: pathlib.Path, deadline: float) -> bool:
+def _wait(procs: list[subprocess.Popen], out: pathlib.Path, limit) -> bool:
   """Waits for the workers: True when all succeeded, False when the port was taken (start again).
   Once one fails the other is killed (it would wait for it until a timeout); then the test fails
   with their output, or skips if gloo CPU collectives are unavailable."""
+  deadline = time.monotonic() + limit.seconds
   while any(p.poll() is None for p in procs) and not any(p.poll() for p in procs):
     if time.monotonic() > deadline:
       _kill(procs)
-      pytest.fail(f"multihost workers ran past {TIMEOUT_S} s:\n" + _tails(out))
+      pytest.fail(limit.message(f"the {NUM_PROCESSES} multihost workers") + "\n" + _tails(out))
     time.sleep(0.1)
   _kill(procs)
   if all(p.returncode == 0 for p in procs):
@@ -95,21 +102,23 @@ def _reference() -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  """(process reports, process 0's global.npz, the single-process reference); the reference is
-  computed while the workers run."""
+def run(tmp_path_factory, timeouts):
+  """(process reports, process 0's global.npz, the single-process reference).
+
+  The reference is computed first, alone, and timed: each worker does the same work after starting
+  a Python that imports JAX (one calibration), so the workers' limit is 8 (conftest.MARGIN) times
+  NUM_PROCESSES * (reference + calibration) (as if they had one core between them), at least FLOOR_S.
+  """
   out = tmp_path_factory.mktemp("multihost")
-  deadline = time.monotonic() + TIMEOUT_S
-  procs = _start_workers(out)
-  try:
-    reference = _reference()
-  except BaseException:
-    _kill(procs)
-    raise
-  for attempt in range(3):  # again if another program took the port before the coordinator bound it
-    if attempt:
-      procs = _start_workers(out)
-    if _wait(procs, out, deadline):
+  start = time.monotonic()
+  reference = _reference()
+  reference_s = time.monotonic() - start
+  limit = timeouts.limit(FLOOR_S, NUM_PROCESSES * (reference_s + timeouts.calibration_s),
+                         f"{NUM_PROCESSES} x (the reference in this process {reference_s:.1f} s + calibration "
+                         f"{timeouts.calibration_s:.2f} s)")
+  print(limit.describe("the workers' limit"))  # shown with a failure's captured output
+  for _ in range(3):  # again if another program took the port before the coordinator bound it
+    if _wait(_start_workers(out), out, limit):
       break
   else:
     pytest.fail("the coordinator could not bind a free port 3 times:\n" + _tails(out))
@@ -119,7 +128,6 @@ def run(tmp_path_factory):
   return reports, arrays, reference
 
 
-@pytest.mark.xdist_group("multihost")
 def test_processes_see_a_global_mesh(run):
   reports, _, _ = run
   for i, r in enumerate(reports):
@@ -130,7 +138,6 @@ def test_processes_see_a_global_mesh(run):
     assert r["global_shape"] == [1, worker.GLOBAL_ROWS, worker.SEQ_LEN]
 
 
-@pytest.mark.xdist_group("multihost")
 def test_hosts_read_disjoint_halves(run):
   reports, _, reference = run
   seen = [r["source_indices"] for r in reports]
@@ -141,14 +148,12 @@ def test_hosts_read_disjoint_halves(run):
     assert all(j % NUM_PROCESSES == i for j in s), (i, s)  # records[i::2] on host i
 
 
-@pytest.mark.xdist_group("multihost")
 def test_global_batch_is_the_hosts_batches_in_process_order(run):
   _, arrays, reference = run
   for key, expected in reference["global_batch"].items():
     np.testing.assert_array_equal(arrays[f"batch/{key}"], expected, err_msg=key)
 
 
-@pytest.mark.xdist_group("multihost")
 @pytest.mark.parametrize("loss", worker.LOSSES)
 def test_train_step_matches_one_process(run, loss):
   reports, arrays, reference = run

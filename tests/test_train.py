@@ -8,6 +8,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -71,6 +72,22 @@ def test_data_parallel_sharding_equals_single_device(scheme):
   _assert_trees_close(single_state.params, sharded_state.params)
 
 
+def _adam_state(opt_state) -> optax.ScaleByAdamState:
+  """The one ScaleByAdamState (count, mu, nu) in the optimizer chain's state."""
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+           if isinstance(s, optax.ScaleByAdamState)]
+  assert len(found) == 1, jax.tree.structure(opt_state)
+  return found[0]
+
+
+def _assert_trees_bitwise_equal(a, b, what):
+  assert jax.tree.structure(a) == jax.tree.structure(b), what
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), \
+        f"{what}{jax.tree_util.keystr(path)} changed"
+
+
 def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
   config, state, step = _setup("ranktuner")
   batch = _batch(np.random.default_rng(2), 1, 4, 8, config.model.vocab_size)
@@ -78,15 +95,24 @@ def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
   new, metrics = jax.jit(step)(state, batch)
   assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
   assert float(metrics["nonfinite"]) == 0.0
+  before, after = _adam_state(state.opt_state), _adam_state(new.opt_state)
+  assert all(not np.any(x) for x in jax.tree.leaves((before.mu, before.nu)))  # a fresh state: zero moments
+  _assert_trees_bitwise_equal(before.mu, after.mu, "mu")  # a zero gradient left them zero
+  _assert_trees_bitwise_equal(before.nu, after.nu, "nu")
 
 
 def test_nonfinite_step_is_not_applied():
   config, state, step = _setup("sft")
+  step = jax.jit(step)
+  warm, _ = step(state, _batch(np.random.default_rng(5), 1, 4, 8, config.model.vocab_size))
+  assert int(warm.step) == 1 and any(np.any(x) for x in jax.tree.leaves(_adam_state(warm.opt_state).mu))
   batch = _batch(np.random.default_rng(3), 1, 4, 8, config.model.vocab_size)
-  bad = state.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), state.params))
-  new, metrics = jax.jit(step)(bad, batch)
+  bad = warm.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), warm.params))
+  new, metrics = step(bad, batch)
   assert float(metrics["nonfinite"]) == 1.0
-  assert int(new.step) == int(bad.step)
+  assert int(new.step) == int(bad.step) == 1
+  _assert_trees_bitwise_equal(bad.params, new.params, "params")
+  _assert_trees_bitwise_equal(bad.opt_state, new.opt_state, "opt_state")
 
 
 def test_run_writes_files_and_resume_equals_uninterrupted(tmp_path):

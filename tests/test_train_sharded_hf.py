@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rankjax import models
+from rankjax.data import bpe, sources
 from rankjax.train import loop
 from rankjax.train.metrics_writer import read_metrics
 from rankjax.train.optimizer import learning_rate_schedule
@@ -51,7 +52,9 @@ def test_run_from_hf_checkpoint_on_mesh_and_export(tmp_path):
   hf_config = transformers.Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
   transformers.AutoModelForCausalLM.from_config(hf_config).save_pretrained(hf_dir)
-  (tmp_path / "qwen2" / "tokenizer.json").write_text("{}")  # travels with the export
+  # The run reads the synthetic corpus with the checkpoint's tokenizer (here a small BPE); it travels with the export.
+  texts = (r["prompt"] + r["response"] for r in sources.load_records(tiny_run_config().data))
+  bpe.train_bpe(texts, 400, hf_dir)
 
   workdir = str(tmp_path / "run")
   config = tiny_run_config(**{"init_from": hf_dir, "export_hf": True, "mesh.fsdp": 2, "mesh.tensor": 2,
@@ -62,6 +65,7 @@ def test_run_from_hf_checkpoint_on_mesh_and_export(tmp_path):
 
   export = os.path.join(workdir, "hf")
   assert os.path.isfile(os.path.join(export, "tokenizer.json"))
+  assert not os.path.exists(os.path.join(workdir, "tokenizer.json"))  # no BPE of its own: the checkpoint's is used
   model, params = models.from_pretrained(export, dtype=jnp.float32, param_dtype=jnp.bfloat16)
   assert model.config.architecture == "qwen2" and model.config.tie_embeddings
   _, initial = models.from_pretrained(hf_dir, dtype=jnp.float32, param_dtype=jnp.bfloat16)
@@ -99,6 +103,9 @@ def test_paper_config_runs_on_a_tiny_checkpoint(qwen_dir, tmp_path):  # noqa: F8
   loop.train(config, workdir)
   rows = read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+  recorded = json.load(open(os.path.join(workdir, "config.json")))["model"]  # the checkpoint's architecture
+  assert (recorded["architecture"], recorded["vocab_size"], recorded["hidden_size"], recorded["num_layers"],
+          recorded["qkv_bias"], recorded["dtype"]) == ("qwen2", 512, 32, 2, True, "bfloat16")
   export = os.path.join(workdir, "hf")
   assert {"tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"} <= set(os.listdir(export))
   hf = transformers.AutoModelForCausalLM.from_pretrained(export).eval()

@@ -23,9 +23,14 @@ from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
 from rankjax.train.train_step import make_train_step
 
 
+def is_lead_process() -> bool:
+  """True on the process that writes the run's files (config, metrics, TensorBoard) and shows progress."""
+  return jax.process_index() == 0
+
+
 def write_config(config, workdir: str) -> None:
   """Writes `config` to WORKDIR/config.json (process 0 only)."""
-  if jax.process_index() == 0:
+  if is_lead_process():
     with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
@@ -109,7 +114,7 @@ def _record_metrics(counts: dict) -> dict:
   return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
 
 
-def _watch_nonfinite(step_fn):
+def watch_nonfinite(step_fn):
   """step_fn with a device-side record of the first refused step, so the loop need not read every step's
   `nonfinite` on the host: (state, batch, first_bad, done) -> (state, metrics, first_bad); first_bad is the
   optimizer step (1-based) of the first non-finite step, or 0."""
@@ -131,7 +136,7 @@ class _NoWriter:
 
 
 def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
-  lead = jax.process_index() == 0
+  lead = is_lead_process()
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -146,7 +151,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
   batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(_watch_nonfinite(make_train_step(model, config.loss, lr_schedule)), donate_argnums=0,
+  step_fn = jax.jit(watch_nonfinite(make_train_step(model, config.loss, lr_schedule)), donate_argnums=0,
                     out_shardings=(state_shardings, replicated, replicated))
   writer = MetricsWriter(workdir, resume_step=start) if lead else _NoWriter()
   model_flops = flops.flops_per_token(model.config, config.data.seq_len)
