@@ -90,15 +90,20 @@ def _assert_trees_bitwise_equal(a, b, what):
 
 def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
   config, state, step = _setup("ranktuner")
+  step = jax.jit(step)
+  warm, _ = step(state, _batch(np.random.default_rng(5), 1, 4, 8, config.model.vocab_size))
+  assert any(np.any(x) for x in jax.tree.leaves(_adam_state(warm.opt_state).mu))  # non-zero moments to keep
   batch = _batch(np.random.default_rng(2), 1, 4, 8, config.model.vocab_size)
   batch["loss_mask"][:] = 0
-  new, metrics = jax.jit(step)(state, batch)
+  new, metrics = step(warm, batch)
   assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
-  assert float(metrics["nonfinite"]) == 0.0
-  before, after = _adam_state(state.opt_state), _adam_state(new.opt_state)
-  assert all(not np.any(x) for x in jax.tree.leaves((before.mu, before.nu)))  # a fresh state: zero moments
-  _assert_trees_bitwise_equal(before.mu, after.mu, "mu")  # a zero gradient left them zero
+  assert float(metrics["nonfinite"]) == 0.0 and float(metrics["empty_batch"]) == 1.0
+  assert int(new.step) == 2  # the batch was consumed
+  before, after = _adam_state(warm.opt_state), _adam_state(new.opt_state)
+  _assert_trees_bitwise_equal(before.mu, after.mu, "mu")  # no decay by b1, b2
   _assert_trees_bitwise_equal(before.nu, after.nu, "nu")
+  _assert_trees_bitwise_equal(warm.opt_state, new.opt_state, "opt_state")  # count included
+  _assert_trees_bitwise_equal(warm.params, new.params, "params")  # no step by momentum
 
 
 def test_nonfinite_step_is_not_applied():

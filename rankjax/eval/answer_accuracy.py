@@ -33,7 +33,7 @@ def teacher_forced_aux(model, params, batch: dict, loss_config) -> dict:
   arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without training."""
   @jax.jit
   def run(params, batch):
-    logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"])
-    return losses.weighted_loss(logits, batch["targets"], batch["loss_mask"], loss_config)[1]
+    head = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                       segment_ids=batch["segment_ids"], return_hidden=losses.wants_hidden(loss_config))
+    return losses.head_loss(head, batch["targets"], batch["loss_mask"], loss_config)[1]
   return {k: float(v) for k, v in jax.device_get(run(params, jax.tree.map(jnp.asarray, batch))).items()}

@@ -1,18 +1,24 @@
 """Token-level loss reweighting: per-token statistics, scheme weights, global-batch reduction.
 
-Public API: `default_config`, `validate_config`, `token_stats`, `token_weights`,
-`weighted_loss`, `linear_weighted_loss` (LM head fused, chunked), `batch_context`, `accumulate_aux`, `check_targets`.
+Entry points of training and evaluation: `head_loss` (the loss of a model's head output, logits
+or (hidden, kernel), dense or fused), `whole_batch_context` (gradient accumulation's shared
+constants) and `wants_hidden` (which head output to ask the model for).
+Building blocks: `default_config`, `validate_config`, `token_stats`, `token_weights`,
+`weighted_loss`, `linear_weighted_loss` (LM head fused, chunked), `linear_token_stats`,
+`batch_context`, `accumulate_aux`, `check_targets`, `check_mask`.
 """
 
 from rankjax.losses.config import SCHEMES, default_config, validate_config
 from rankjax.losses.stats import TokenStats, token_stats
-from rankjax.losses.weighted_loss import (BatchContext, accumulate_aux, batch_context, check_targets,
+from rankjax.losses.weighted_loss import (BatchContext, accumulate_aux, batch_context, check_mask, check_targets,
                                           token_weights, weighted_loss)
 from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
+from rankjax.losses.head_loss import head_loss, wants_hidden, whole_batch_context
 from rankjax.losses.weights import ranktuner_weight, talr_context
 
 __all__ = [
     "SCHEMES", "default_config", "validate_config", "TokenStats", "token_stats", "BatchContext",
-    "accumulate_aux", "batch_context", "check_targets", "token_weights", "weighted_loss",
+    "accumulate_aux", "batch_context", "check_mask", "check_targets", "token_weights", "weighted_loss",
     "ranktuner_weight", "talr_context", "linear_token_stats", "linear_weighted_loss",
+    "head_loss", "wants_hidden", "whole_batch_context",
 ]

@@ -84,3 +84,9 @@ def expected_rank_options(config) -> dict:
 def needs_expected_rank(config) -> bool:
   """Whether the weights (or the diagnostics) need E[R_t], the expensive statistic."""
   return bool(config.diagnostics) or (config.name == "ranktuner" and config.form == "exact")
+
+
+def needs_batch_log_probs(config) -> bool:
+  """Whether the weights depend on the whole batch's log p_t (TALR's median and normaliser), which
+  gradient accumulation computes in a forward-only pre-pass over all micro-steps."""
+  return config.name == "talr"

@@ -8,8 +8,10 @@ cotangent c_t the logits' cotangent is c_t (onehot - softmax). It is recomputed 
 (vocabulary slice, token chunk) and contracted at once into d hidden and d kernel, with one
 [d, vocab_chunk] float32 accumulator at a time. Peak temporary memory is O(token_chunk * V)
 instead of O(tokens * V). With a mask, supervised tokens are moved first and chunks without
-any are skipped (no LM-head FLOPs for prompts). With `vocab_axis_name` the kernel is a
+any are skipped (no LM-head FLOPs for prompts); rows off the mask are zeroed by a select first,
+so NaN or inf hidden states there never reach the gradient. With `vocab_axis_name` the kernel is a
 vocabulary shard and the statistics combine across shards (`rankjax.losses.vocab_parallel`).
+Inputs (mask values, target ids) follow `rankjax.losses.weighted_loss`'s module docstring.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import jax.numpy as jnp
 
 from rankjax.losses.config import expected_rank_options
 from rankjax.losses.stats import TokenStats, token_stats
-from rankjax.losses.weighted_loss import BatchContext, checked_targets, masked_weights, reduce_loss
+from rankjax.losses.weighted_loss import (BatchContext, check_vocab_size, checked_targets, masked_weights,
+                                          reduce_loss)
 from rankjax.losses.vocab_parallel import sharded_token_stats, sharded_topk_entropy_nats
 from rankjax.losses.weights import topk_entropy_nats
 
@@ -171,26 +174,34 @@ def _to_common_vma(*xs, exclude=()):
 
 
 def _check_shapes(hidden, kernel, targets):
-  if hidden.shape[:-1] != targets.shape or kernel.ndim != 2 or kernel.shape[0] != hidden.shape[-1]:
-    raise ValueError(f"fused loss: hidden {hidden.shape} must be [..., T, d], kernel {kernel.shape} [d, V] "
-                     f"and targets {targets.shape} [..., T]")
+  if (hidden.ndim < 2 or hidden.shape[:-1] != targets.shape or kernel.ndim != 2
+      or kernel.shape[0] != hidden.shape[-1]):
+    raise ValueError(f"fused loss: hidden {hidden.shape} must be [..., T, d] (at least 2-D), kernel {kernel.shape} "
+                     f"[d, V] and targets {targets.shape} [..., T]")
+  if targets.size == 0 or kernel.shape[1] == 0:
+    raise ValueError(f"fused loss: hidden {hidden.shape}, kernel {kernel.shape} and targets {targets.shape} "
+                     "hold no token or no vocabulary")
 
 
 def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 128,
                        eaft_top_k: int = 0, mask: jax.Array | None = None, vocab_chunk: int = 16384,
-                       vocab_axis_name=None, **stats_options) -> tuple[TokenStats, jax.Array | None]:
+                       vocab_axis_name=None, compact: bool = True,
+                       **stats_options) -> tuple[TokenStats, jax.Array | None]:
   """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
   plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
 
-  hidden [..., T, d], kernel [d, V], targets [..., T] (valid ids). Only `log_prob` has a
-  gradient, w.r.t. both hidden and kernel. With `mask` [..., T], supervised tokens are moved
-  to the front (a static-shape permutation) and token chunks holding none are skipped in
-  both passes: their statistics are 0 and they cost no LM-head FLOPs.
+  hidden [..., T, d], kernel [d, V], targets [..., T] (an id outside [0, V) gives log_prob NaN,
+  as in `token_stats`). Only `log_prob` has a gradient, w.r.t. both hidden and kernel. With
+  `mask` [..., T], positions off the mask get the statistics of zero hidden states (or 0) and
+  no gradient, whatever their values (NaN included); with `compact` too, supervised tokens are
+  moved to the front (a static-shape permutation) and token chunks holding none are skipped in
+  both passes: they cost no LM-head FLOPs.
 
   With `vocab_axis_name` (inside shard_map), `kernel` is this device's vocabulary slice
   [d, V / P] of the mesh axis of that name and `targets` hold global ids; the statistics are
   those of the whole vocabulary (see `rankjax.losses.vocab_parallel`).
   """
+  hidden, kernel, targets = jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(targets)
   _check_shapes(hidden, kernel, targets)
   lead = targets.shape
   vocab_axes = () if vocab_axis_name is None else (
@@ -203,11 +214,15 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   eaft_k = min(int(eaft_top_k), vocab_size) if eaft_top_k else 0
   options = tuple(sorted(stats_options.items()))
   flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).astype(jnp.int32)
-  if mask is None or vocab_axis_name is not None:
+  if mask is not None:
+    keep = jnp.asarray(mask).reshape(-1) > 0
+    # A select, not a product: NaN or inf rows would otherwise reach d kernel as 0 * NaN.
+    flat_h = jnp.where(keep[:, None], flat_h, jnp.zeros((), flat_h.dtype))
+  if mask is None or not compact or vocab_axis_name is not None:
     active = jnp.ones(flat_t.shape, bool)
     order = None
   else:
-    active = mask.reshape(-1) > 0
+    active = keep
     order = jnp.argsort(~active, stable=True)  # supervised first
     flat_h, flat_t, active = flat_h[order], flat_t[order], active[order]
   active = _to_common_vma(active, flat_h)[0]
@@ -232,17 +247,19 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
 
   `axis_name`: the mesh axes the tokens are split over. `vocab_axis_name`: the mesh axis the
   kernel's vocabulary dimension is split over (inside shard_map; `kernel` is then the local
-  slice and the vocabulary size is its width times the axis size).
+  slice and the vocabulary size is its width times the axis size). Gradients across devices:
+  see `rankjax.losses.global_reduce`.
   """
+  hidden, kernel, targets = jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(targets)
   _check_shapes(hidden, kernel, targets)
   vocab_size = kernel.shape[-1]
   if vocab_axis_name is not None:
     vocab_size *= jax.lax.axis_size(vocab_axis_name)
-  targets = checked_targets(targets, mask, vocab_size, config)
+  targets, mask = checked_targets(targets, mask, vocab_size, config)
+  check_vocab_size(config, vocab_size, f"kernel {kernel.shape}")
   stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
-                                   config.eaft_top_k if config.name == "eaft" else 0,
-                                   mask=mask if config.compact_tokens else None,
+                                   config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
-                                   **expected_rank_options(config))
+                                   compact=config.compact_tokens, **expected_rank_options(config))
   w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
   return reduce_loss(stats, w, mask, config, axis_name, context)

@@ -2,6 +2,20 @@
 
 `axis_name` is None (single device or plain `jit` over global arrays), a mapped axis
 name, or a tuple of names, as bound by `jax.pmap` or `jax.shard_map`.
+
+Gradients across devices (the one statement of the rule; the losses' docstrings point here).
+With `axis_name`, every loss of `rankjax.losses` returns the global loss on every device, and
+its gradient w.r.t. this device's own inputs (logits, hidden states) is the exact derivative
+of the global loss: nothing to sum. A parameter held whole by every device (a replicated LM
+head, all weights under data parallelism) gets a per-device partial gradient, and its
+gradient is the sum of those over `axis_name`. Who sums it depends on the mapping:
+
+- `jax.shard_map` with the default `check_vma=True`: JAX does (the transpose of using a
+  replicated value with device-varying data is a psum). Do not psum again: that multiplies
+  the gradient by the number of devices.
+- `jax.pmap`, or `jax.shard_map(..., check_vma=False)`: the caller does,
+  `jax.lax.psum(grads, axis_name)`.
+- `jax.jit` over global (sharded) arrays, `axis_name=None`: nothing to do.
 """
 
 from __future__ import annotations

@@ -41,12 +41,23 @@ class TokenStats:
             if self[k] is not None]
 
 
-def _check_shapes(logits, targets):
-  if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
-    raise ValueError(
-        f"token_stats: logits {logits.shape} must be [..., T, V] and targets {targets.shape} [..., T]")
+def check_logits_shape(logits, targets, where: str = "token_stats") -> None:
+  """Raises ValueError naming both shapes unless logits are [..., T, V] (at least 2-D, V >= 1, at least
+  one position) and targets [..., T]; TypeError unless the targets are integers."""
+  if logits.ndim < 2:
+    raise ValueError(f"{where}: logits {logits.shape} must be at least 2-D, [..., T, V] (targets {targets.shape} "
+                     f"[..., T]); a single position is logits[None] with targets[None]")
+  if logits.shape[:-1] != targets.shape:
+    raise ValueError(f"{where}: logits {logits.shape} must be [..., T, V] and targets {targets.shape} [..., T]")
+  if logits.shape[-1] == 0 or targets.size == 0:
+    raise ValueError(f"{where}: logits {logits.shape} and targets {targets.shape} hold no token or no vocabulary")
   if not jnp.issubdtype(targets.dtype, jnp.integer):
-    raise TypeError(f"token_stats: targets must be integer token ids, got {targets.dtype}")
+    raise TypeError(f"{where}: targets must be integer token ids, got {targets.dtype}")
+
+
+def valid_targets(targets: jax.Array, vocab_size) -> jax.Array:
+  """Whether each target id lies in [0, vocab_size) (bool, targets' shape)."""
+  return (targets >= 0) & (targets < vocab_size)
 
 
 def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True, expected_rank: str = "sort",
@@ -59,13 +70,19 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
 
   Position t scores targets[t] (no shifting). Reductions run in float32 whatever the
   logits' dtype. Only `log_prob` carries a gradient; the other statistics are
-  stop-gradient. Target ids outside [0, V) give undefined values: check them on the
-  host (see `rankjax.losses.check_targets`).
+  stop-gradient. A target id outside [0, V) gives log_prob NaN, so any loss built on it is
+  NaN; it never wraps around (-1 is not V - 1), so the gradient has no target term there and
+  the fused path's backward pass agrees. Eager callers can name the bad id with
+  `rankjax.losses.check_targets`.
   """
-  _check_shapes(logits, targets)
+  logits, targets = jnp.asarray(logits), jnp.asarray(targets)
+  check_logits_shape(logits, targets)
   z = logits.astype(jnp.float32)
   lse = jax.nn.logsumexp(z, axis=-1)
-  z_target = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  v = z.shape[-1]
+  targets = targets.astype(jnp.int32)
+  z_target = jnp.take_along_axis(z, jnp.clip(targets, 0, v - 1)[..., None], axis=-1)[..., 0]
+  z_target = jnp.where(valid_targets(targets, v), z_target, jnp.nan)
   log_prob = z_target - lse
 
   zs = jax.lax.stop_gradient(z)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from rankjax.losses import expected_rank as er
-from rankjax.losses.stats import LN2, TokenStats
+from rankjax.losses.stats import LN2, TokenStats, valid_targets
 
 
 def gather_last_axis(x: jax.Array, axis) -> jax.Array:
@@ -37,7 +37,8 @@ def sharded_token_stats(z_local: jax.Array, targets: jax.Array, axis, with_expec
                         range_nats: float = 40.0) -> tuple[TokenStats, jax.Array]:
   """(TokenStats, lse) of rows whose logits are split over mesh axis `axis`; values only (no gradient).
 
-  z_local [..., V/P] float32: this device's vocabulary slice; targets [..., T] global ids.
+  z_local [..., V/P] float32: this device's vocabulary slice; targets [..., T] global ids (an id
+  outside [0, V) gives log_prob NaN, as in `token_stats`).
   """
   z = jax.lax.stop_gradient(z_local).astype(jnp.float32)
   vl = z.shape[-1]
@@ -47,14 +48,16 @@ def sharded_token_stats(z_local: jax.Array, targets: jax.Array, axis, with_expec
   owns = (local >= 0) & (local < vl)
   z_t_local = jnp.take_along_axis(z, jnp.clip(local, 0, vl - 1)[..., None], axis=-1)[..., 0]
   z_t = jax.lax.psum(jnp.where(owns, z_t_local, 0.0), axis)
+  z_t = jnp.where(valid_targets(targets, vl * jax.lax.axis_size(axis)), z_t, jnp.nan)
   log_p = z - lse[..., None]
   p = jnp.exp(log_p)
   entropy_nats = -jax.lax.psum(jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1), axis)
   rank = jax.lax.psum(jnp.sum(z >= z_t[..., None], axis=-1, dtype=jnp.int32), axis)
   e = lo = hi = None
   if with_expected_rank and expected_rank == "histogram":
-    counts, masses = er.log_prob_histogram(z, lse, bin_width, range_nats, row_max=m)
-    e, lo, hi = er.expected_rank_from_histogram(jax.lax.psum(counts, axis), jax.lax.psum(masses, axis), bin_width)
+    histogram = er.log_prob_histogram(z, lse, bin_width, range_nats, row_max=m,
+                                      vocab_size=vl * jax.lax.axis_size(axis))
+    e, lo, hi = er.expected_rank_from_histogram(jax.tree.map(lambda x: jax.lax.psum(x, axis), histogram), bin_width)
   elif with_expected_rank:
     full = gather_last_axis(z, axis)
     e = lo = hi = er.expected_rank_by_sort(full, lse)

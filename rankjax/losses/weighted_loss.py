@@ -1,4 +1,15 @@
-"""The reduction: sum_t m_t w_t (-log p_t) / (supervised tokens of the global batch)."""
+"""The reduction: sum_t m_t w_t (-log p_t) / (supervised tokens of the global batch).
+
+Inputs shared by the dense and fused losses:
+- mask: 0 or 1 per position, the set of supervised positions (not a per-token weight). Concrete
+  masks with any other value raise ValueError; under jit (no check) a position is supervised
+  iff mask > 0. Positions off the mask do not touch the loss or the gradient, even with NaN
+  or inf logits (hidden states) or any target id there (e.g. -100).
+- targets at supervised positions: ids in [0, V). Eager calls raise ValueError naming the
+  first bad one; under jit an id outside makes the loss NaN (never wrapped around), so the
+  train step, which refuses non-finite steps, refuses it.
+- gradients across devices: see `rankjax.losses.global_reduce`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +19,8 @@ import numpy as np
 from flax import struct
 
 from rankjax.losses import global_reduce
-from rankjax.losses.config import expected_rank_options, validate_config
-from rankjax.losses.stats import TokenStats, token_stats
+from rankjax.losses.config import expected_rank_options, needs_batch_log_probs, validate_config
+from rankjax.losses.stats import TokenStats, check_logits_shape, token_stats
 from rankjax.losses.weights import (TalrContext, ranktuner_weight, scheme_weight, talr_context,
                                    topk_entropy_nats)
 
@@ -38,7 +49,7 @@ def batch_context(log_prob: jax.Array, mask: jax.Array, config, axis_name=None) 
   so TALR's median and the token count span all micro-steps.
   """
   talr = None
-  if config.name == "talr":
+  if needs_batch_log_probs(config):
     talr = talr_context(log_prob, mask, config.talr_min_tau, config.talr_normalize, axis_name)
   return BatchContext(num_tokens=global_reduce.global_sum(mask > 0, axis_name), talr=talr)
 
@@ -56,13 +67,36 @@ def check_targets(targets, vocab_size: int, mask=None, where: str = "targets") -
     raise ValueError(f"{where}: token id {int(t[idx])} at index {idx} is outside [0, {vocab_size})")
 
 
+def check_mask(mask, where: str = "loss mask") -> None:
+  """Raises ValueError naming the first entry of `mask` that is neither 0 nor 1. Checks concrete
+  arrays only; under jit (tracers) it does nothing and a position is supervised iff mask > 0."""
+  if isinstance(mask, jax.core.Tracer):
+    return
+  m = np.asarray(mask)
+  bad = np.argwhere(~((m == 0) | (m == 1)))
+  if bad.size:
+    idx = tuple(int(i) for i in bad[0])
+    raise ValueError(f"{where}: value {m[idx]!r} at index {idx} of shape {m.shape} is not 0 or 1 "
+                     "(the mask selects supervised tokens; it is not a per-token weight)")
+
+
+def check_vocab_size(config, vocab_size: int, what: str) -> None:
+  """Raises ValueError if scheme `config.name` is undefined at this vocabulary size (`what` names the shape)."""
+  if config.name == "eaft" and vocab_size < 2:
+    raise ValueError(f"loss config: eaft needs V >= 2 (its entropy is divided by ln min(eaft_top_k, V)); "
+                     f"got V = {vocab_size} from {what}")
+
+
 def checked_targets(targets, mask, vocab_size: int, config):
-  """Validates config and shapes; returns targets with unsupervised positions (any id, e.g. -100) set to 0."""
+  """Validates config, shapes, target ids and mask values; returns (targets with unsupervised
+  positions (any id, e.g. -100) set to 0, mask), both jax arrays."""
   validate_config(config)
+  targets, mask = jnp.asarray(targets), jnp.asarray(mask)
   if mask.shape != targets.shape:
     raise ValueError(f"loss mask shape {mask.shape} differs from targets shape {targets.shape}")
   check_targets(targets, vocab_size, mask)
-  return jnp.where(mask > 0, targets, 0)
+  check_mask(mask)
+  return jnp.where(mask > 0, targets, 0), mask
 
 
 def masked_weights(stats: TokenStats, topk_entropy, mask, config, vocab_size: int, axis_name, context):
@@ -74,7 +108,13 @@ def masked_weights(stats: TokenStats, topk_entropy, mask, config, vocab_size: in
 
 
 def _stats_and_weights(logits, targets, mask, config, axis_name, context):
-  targets = checked_targets(targets, mask, logits.shape[-1], config)
+  logits = jnp.asarray(logits)
+  targets, mask = checked_targets(targets, mask, logits.shape[-1], config)
+  check_logits_shape(logits, targets, "weighted_loss")
+  check_vocab_size(config, logits.shape[-1], f"logits {logits.shape}")
+  # Rows off the mask become 0 through a select, not a product: NaN or inf there would
+  # otherwise reach the gradient as 0 * NaN.
+  logits = jnp.where(mask[..., None] > 0, logits, jnp.zeros((), logits.dtype))
   stats = token_stats(logits, targets, **expected_rank_options(config))
   topk_entropy = topk_entropy_nats(logits, config.eaft_top_k) if config.name == "eaft" else None
   w, context = masked_weights(stats, topk_entropy, mask, config, logits.shape[-1], axis_name, context)
@@ -124,9 +164,10 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
   """Weighted cross-entropy L = sum(m w nll) / sum(m) over the global batch, in nats per token.
 
   Args:
-    logits: [..., T, V], any float dtype (reduced in float32); position t scores targets[t].
-    targets: [..., T] integer ids in [0, V).
-    mask: [..., T] loss mask (1 on supervised response tokens).
+    logits: [..., T, V] (at least 2-D, T >= 1), any float dtype (reduced in float32); position t
+      scores targets[t].
+    targets: [..., T] integer ids, in [0, V) at supervised positions (see the module docstring).
+    mask: [..., T] loss mask, 0 or 1 (1 on supervised response tokens; see the module docstring).
     config: a loss config (`default_config()`), validated here.
     axis_name: mapped axis name(s) of `pmap`/`shard_map` over which the batch is split;
       both sums (and TALR's median) then span all devices.
@@ -135,8 +176,8 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
   Returns:
     (loss, aux). `loss` is the global loss on every device, 0 when no token is supervised.
     Its gradient w.r.t. this device's logits is w (softmax - onehot) / N, the exact
-    derivative of the global loss, so parameter gradients are summed over devices by the
-    caller (`lax.psum`), as usual for data parallelism. `aux` holds stop-gradient scalars:
+    derivative of the global loss; whether parameter gradients still need a psum over
+    devices depends on the mapping: see `rankjax.losses.global_reduce`. `aux` holds stop-gradient scalars:
     tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, mean_rank,
     frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau.
   """

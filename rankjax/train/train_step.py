@@ -18,53 +18,31 @@ def model_logits(model, params, micro: dict, return_hidden: bool = False):
                      segment_ids=micro["segment_ids"], return_hidden=return_hidden)
 
 
-def micro_batch_loss(model, params, micro: dict, loss_config, context=None):
-  """(loss, aux) of one micro-batch: the fused LM-head loss when loss_config.fused, else dense logits."""
-  if loss_config.fused:
-    hidden, kernel = model_logits(model, params, micro, return_hidden=True)
-    return losses.linear_weighted_loss(hidden, kernel, micro["targets"], micro["loss_mask"], loss_config,
-                                       context=context)
-  return losses.weighted_loss(model_logits(model, params, micro), micro["targets"], micro["loss_mask"],
-                              loss_config, context=context)
-
-
-def micro_batch_log_prob(model, params, micro: dict, loss_config):
-  """log p_t [b, T] (nats) of one micro-batch, forward only."""
-  targets = jnp.where(micro["loss_mask"] > 0, micro["targets"], 0)
-  if loss_config.fused:
-    hidden, kernel = model_logits(model, params, micro, return_hidden=True)
-    mask = micro["loss_mask"] if loss_config.compact_tokens else None
-    return losses.linear_token_stats(hidden, kernel, targets, loss_config.token_chunk, mask=mask,
-                                     vocab_chunk=loss_config.vocab_chunk, with_expected_rank=False)[0].log_prob
-  return losses.token_stats(model_logits(model, params, micro), targets, with_expected_rank=False).log_prob
-
-
 def make_train_step(model, loss_config, schedule: optax.Schedule):
   """Returns step(state, batch) -> (state, metrics).
 
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
   gradient is that of the loss over all A*b sequences: every micro-step divides by the
-  supervised-token count of the whole batch, and TALR's median is taken over the whole
-  batch in a forward-only pre-pass. A step whose loss, gradient or updated parameters are
-  not finite leaves the state unchanged and reports `nonfinite = 1`.
+  supervised-token count of the whole batch, and whole-batch statistics of the weights come
+  from a forward-only pre-pass (`losses.whole_batch_context`). A step whose loss, gradient or
+  updated parameters are not finite (e.g. a target id outside the vocabulary on a supervised
+  position) leaves the state unchanged and reports `nonfinite = 1`. A batch without any supervised token leaves
+  params and optimizer state (moments and count) unchanged, advances `state.step` and reports `empty_batch = 1`.
   """
   losses.validate_config(loss_config)
+  return_hidden = losses.wants_hidden(loss_config)
+
+  def head(params, micro):
+    return model_logits(model, params, micro, return_hidden)
 
   def micro_loss(params, micro, context):
-    return micro_batch_loss(model, params, micro, loss_config, context)
-
-  def context_of(params, batch):
-    if loss_config.name == "talr" and batch["inputs"].shape[0] == 1:
-      return None  # one micro-step: the loss builds TALR's context in its own forward pass
-    if loss_config.name != "talr":
-      return losses.BatchContext(num_tokens=jnp.sum(batch["loss_mask"] > 0).astype(jnp.float32))
-    log_probs = jax.lax.map(lambda micro: micro_batch_log_prob(model, params, micro, loss_config), batch)
-    return losses.batch_context(log_probs, batch["loss_mask"], loss_config)
+    return losses.head_loss(head(params, micro), micro["targets"], micro["loss_mask"], loss_config,
+                            context=context)
 
   def step(state: train_state.TrainState, batch: dict):
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
-    context = context_of(params, batch)
+    context = losses.whole_batch_context(lambda micro: head(params, micro), batch, loss_config)
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     first = jax.tree.map(lambda x: x[0], batch)
     (_, aux0), grads0 = grad_fn(params, first, context)
@@ -81,9 +59,13 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
     new_state = state.apply_gradients(grads=grads)
     finite = (jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
               & jnp.isfinite(optax.tree.norm(new_state.params)))
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # No supervised token in the whole batch: nothing to learn from, so AdamW must not decay its moments or move
+    # the params by momentum; the batch still counts as consumed (state.step advances).
+    has_tokens = jnp.any(batch["loss_mask"] > 0)
+    applied = jax.tree.map(lambda new, old: jnp.where(finite & has_tokens, new, old), new_state, state)
+    new_state = applied.replace(step=jnp.where(finite, new_state.step, state.step))
     metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   nonfinite=1.0 - finite.astype(jnp.float32))
+                   nonfinite=1.0 - finite.astype(jnp.float32), empty_batch=1.0 - has_tokens.astype(jnp.float32))
     return new_state, metrics
 
   return step

@@ -1,0 +1,88 @@
+"""The loss of a model's head output, dense or fused, and the whole-batch context of gradient
+accumulation: the two entry points of training and evaluation.
+
+A head output is what the model's forward pass hands the loss: logits [..., T, V], or the pair
+(hidden [..., T, d], LM-head kernel [d, V]) (`model.apply(..., return_hidden=True)`), for which the
+fused loss never materialises the logits. `wants_hidden(config)` says which one to ask the model
+for; callers never choose between the dense and fused losses themselves. Gradients across
+devices: see `rankjax.losses.global_reduce`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from rankjax.losses import global_reduce
+from rankjax.losses.config import needs_batch_log_probs, validate_config
+from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
+from rankjax.losses.stats import token_stats
+from rankjax.losses.weighted_loss import BatchContext, batch_context, weighted_loss
+
+
+def wants_hidden(config) -> bool:
+  """Whether the loss wants (hidden, kernel) from the model (`config.fused`) rather than logits."""
+  return bool(config.fused)
+
+
+def _hidden_and_kernel(head):
+  """(hidden, kernel) if `head` is such a pair, else None (it is logits)."""
+  if isinstance(head, (tuple, list)):
+    if len(head) != 2:
+      raise ValueError(f"head output: a tuple must be (hidden [..., T, d], kernel [d, V]), got {len(head)} items")
+    return head
+  return None
+
+
+def head_loss(head, targets, mask, config, context: BatchContext | None = None,
+              axis_name=None) -> tuple[jax.Array, dict]:
+  """(loss, aux) of a head output: the weighted cross-entropy in nats per supervised token of
+  the global batch, and the aux scalars of `rankjax.losses.weighted_loss`.
+
+  `head` is logits [..., T, V] (dense `weighted_loss`) or (hidden [..., T, d], kernel [d, V])
+  (fused `linear_weighted_loss`: same loss, aux and gradients); `targets`, `mask`, `context`
+  and `axis_name` are those of `weighted_loss`.
+  """
+  pair = _hidden_and_kernel(head)
+  if pair is None:
+    return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context)
+  hidden, kernel = pair
+  return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context)
+
+
+def _head_log_prob(head, targets, mask, config) -> jax.Array:
+  """log p_t [..., T] (nats, stop-gradient) of a head output, forward only; 0-id targets off the mask."""
+  targets = jnp.where(mask > 0, targets, 0)
+  pair = _hidden_and_kernel(head)
+  if pair is None:
+    stats = token_stats(head, targets, with_expected_rank=False)
+  else:
+    hidden, kernel = pair
+    stats = linear_token_stats(hidden, kernel, targets, config.token_chunk, mask=mask, vocab_chunk=config.vocab_chunk,
+                               compact=config.compact_tokens, with_expected_rank=False)[0]
+  return jax.lax.stop_gradient(stats.log_prob)
+
+
+def whole_batch_context(head_fn: Callable[[dict], object], batch: dict, config,
+                        axis_name=None) -> BatchContext | None:
+  """The `BatchContext` shared by the A micro-steps of one gradient-accumulation step.
+
+  `batch` holds arrays [A, b, T] with keys "targets" and "loss_mask" (plus whatever `head_fn`
+  reads); `head_fn(micro)` maps one micro-step's [b, T] arrays to its head output (see
+  `head_loss`). Returns the context holding the whole batch's supervised-token count (float32)
+  and, for a scheme whose weights need the whole batch's log p_t (TALR's median), those from a
+  forward-only pass over all A micro-steps (`lax.map`, one micro-step's activations at a time).
+  Returns None for TALR with A == 1: the loss then builds the same context in its own forward
+  pass, without a second one.
+  """
+  validate_config(config)
+  mask = batch["loss_mask"]
+  if not needs_batch_log_probs(config):
+    return BatchContext(num_tokens=global_reduce.global_sum(mask > 0, axis_name))
+  if mask.shape[0] == 1:
+    return None
+  log_probs = jax.lax.map(lambda micro: _head_log_prob(head_fn(micro), micro["targets"], micro["loss_mask"], config),
+                          batch)
+  return batch_context(log_probs, mask, config, axis_name)
