@@ -13,6 +13,14 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A persistent compilation cache shared by the xdist workers and the processes the tests start: many tests
+# compile the same tiny models and steps again (every loop.train call jits anew), and a hit skips XLA.
+# Entries are keyed by the HLO, the flags and the JAX version; eviction (LRU) also makes reads and writes
+# take a file lock, so concurrent processes never see a half-written entry.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024 ** 3))
 
 import pytest  # noqa: E402
 
