@@ -11,8 +11,9 @@ import warnings
 
 # LLVM optimisation level 0: XLA:CPU compiles the suite's many small programs about 30% faster (the same HLO,
 # so the same numerics; the programs are too small for the slower code to matter).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0"  # also for the processes tests start
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0").strip()
+                           + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE_FLAGS}").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

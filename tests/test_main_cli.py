@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_FLAGS
+
 pytestmark = pytest.mark.multiprocess  # each test starts `python -m rankjax.main` (or experiments/sweep.py)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1", "--config.model.mlp_dim=64",
@@ -20,7 +22,7 @@ def _limit(timeouts):
 
 
 def _subprocess(args, limit):
-  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS="")
+  env = dict(os.environ, HF_HUB_OFFLINE="1", XLA_FLAGS=FAST_COMPILE_FLAGS)  # one CPU device, fast compiles
   try:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=limit.seconds)
