@@ -28,6 +28,8 @@ setup(
         "matplotlib>=3.8",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "math-verify>=0.9.0",  # rankjax.eval.grading: answer equivalence
+        "pebble>=5.2.3",  # rankjax.eval.grading: worker processes with hard timeouts
     ],
     extras_require={
         "test": [

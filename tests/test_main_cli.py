@@ -73,3 +73,20 @@ def test_sweep_runs_each_entry(tmp_path, timeouts):
   assert out.returncode == 0, out.stderr[-3000:]
   for name, scheme in (("a", "sft"), ("b", "ranktuner")):
     assert json.load(open(tmp_path / "runs" / name / "config.json"))["loss"]["name"] == scheme
+
+
+def test_evaluate_command_on_a_run_workdir(tmp_path, timeouts):
+  """python -m rankjax.evaluate on the workdir `python -m rankjax.main` wrote; a typo in an override is named."""
+  run = tmp_path / "run"
+  out = _run(timeouts, "--config=configs/synthetic_sft.py", f"--workdir={run}", "--config.total_steps=2", *TINY)
+  assert out.returncode == 0, out.stderr[-3000:]
+  args = ["-m", "rankjax.evaluate", "--config=configs/eval_math.py", f"--workdir={tmp_path / 'eval'}",
+          f"--config.checkpoint={run}", "--config.benchmarks=synthetic", "--config.num_problems=4",
+          "--config.num_samples=2", "--config.pass_k=(1,2)", "--config.max_new_tokens=8", "--config.batch_size=8",
+          "--config.grading.workers=1"]
+  out = _subprocess(args, _limit(timeouts))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| synthetic | 4 | 2 |" in out.stdout
+  assert {"samples.jsonl", "results.json", "results.md"} <= set(os.listdir(tmp_path / "eval"))
+  out = _subprocess([*args[:-1], "--config.num_sample=3"], _limit(timeouts))
+  assert out.returncode != 0 and "num_sample" in out.stderr

@@ -25,6 +25,31 @@ class SkipExample(Exception):
     self.reason = reason
 
 
+def record_context(record: dict, system_prompt: str = "") -> list[dict]:
+  """The messages a model answers for `record`: its conversation before the final assistant turn (with
+  `system_prompt` added when it has no system turn), or [system?, user(prompt)] for prompt records.
+
+  A record without a response (an evaluation problem) has a context too.
+  """
+  if record.get("messages"):
+    try:
+      messages = json.loads(record["messages"])
+    except json.JSONDecodeError as e:
+      raise SkipExample("invalid_json") from e
+    if not messages:
+      raise SkipExample("no_assistant_turn")
+    context = list(messages[:-1]) if messages[-1].get("role") == "assistant" else list(messages)
+    if system_prompt and context and context[0].get("role") != "system":
+      context.insert(0, {"role": "system", "content": system_prompt})
+  else:
+    context = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": record.get("prompt")}]
+  for turn in context:
+    if not isinstance(turn.get("content"), str):
+      raise SkipExample("non_string:prompt")
+  return context
+
+
 def record_messages(record: dict, system_prompt: str = "") -> tuple[list[dict], str]:
   """(messages before the final assistant turn, that turn's text) of a record.
 
@@ -37,13 +62,10 @@ def record_messages(record: dict, system_prompt: str = "") -> tuple[list[dict], 
       raise SkipExample("invalid_json") from e
     if not messages or messages[-1].get("role") != "assistant":
       raise SkipExample("no_assistant_turn")
-    context, response = list(messages[:-1]), messages[-1].get("content")
-    if system_prompt and context and context[0].get("role") != "system":
-      context.insert(0, {"role": "system", "content": system_prompt})
+    response = messages[-1].get("content")
   else:
-    context = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": record.get("prompt")}]
     response = record.get("response")
+  context = record_context(record, system_prompt)
   if not isinstance(response, str):
     raise SkipExample("non_string:response")
   if not response.strip():
@@ -77,16 +99,19 @@ class Formatter:
     if record.get("error"):
       raise SkipExample(record["error"])
     context, response = record_messages(record, self.system_prompt)
-    for turn in context:
-      if not isinstance(turn.get("content"), str):
-        raise SkipExample("non_string:prompt")
     if self.prompt_format == "chat":
       return prompt_and_response_ids(self.tokenizer, context, response)
     return self._plain_prompt(context), self.tokenizer.encode(response) + [self.tokenizer.eos_id]
 
   def prompt_ids(self, record: dict) -> list[int]:
-    """Returns the ids a model is given to answer `record` (what `__call__` returns as the prompt)."""
-    return self(record)[0]
+    """Returns the ids a model is given to answer `record`: what `__call__` returns as the prompt, but the
+    record needs no response (an evaluation problem). Raises SkipExample for a bad record."""
+    if record.get("error"):
+      raise SkipExample(record["error"])
+    context = record_context(record, self.system_prompt)
+    if self.prompt_format == "chat":
+      return self.tokenizer.encode(self.tokenizer.apply_chat_template(context, add_generation_prompt=True))
+    return self._plain_prompt(context)
 
   def _plain_prompt(self, context: list[dict]) -> list[int]:
     prompt_text = "\n\n".join(t["content"] for t in context if t.get("role") != "system")

@@ -33,7 +33,8 @@ Over-length is decided later by the tokenizer pipeline. Builders:
                     "####" -> answer;
   numina_math_cot   NuminaMath-CoT style problem/solution or messages records, JSONL or Parquet; answer = the
                     last \\boxed{...} of the solution;
-  math_eval         eval sets, one config each: aime24, amc23, minerva_math, olympiadbench
+  math_eval         eval sets, one config each: aime24, amc23, math500 (MATH-500: problem / answer fields; the user
+                    brings its file), minerva_math, olympiadbench
                     (`<set>/test.jsonl` or `test.jsonl` in the manual dir); single split "test".
 
 A prepared dataset records a fingerprint of its source files (names, sizes, SHA-256) and field mapping;
@@ -64,7 +65,7 @@ gcs_utils._is_gcs_disabled = True
 
 FORMATS = (".jsonl", ".parquet")
 TEXT_FIELDS = ("prompt", "response", "messages", "answer", "source_file", "error")
-MATH_EVAL_SETS = ("aime24", "amc23", "minerva_math", "olympiadbench")
+MATH_EVAL_SETS = ("aime24", "amc23", "math500", "minerva_math", "olympiadbench")  # math500: the user brings its file
 _SPLIT_RE = re.compile(r"^(\w+?)(?:-[^/]*)?$")  # "<split>" or a shard "<split>-00000-of-00004"
 _PARQUET_BATCH = 1024
 
@@ -326,8 +327,11 @@ def _answer_text(fields: _Fields, name: str, required: bool) -> str:
 
 
 def _prompt_response(fields: _Fields, prompt_field: str, response_field: str) -> dict:
-  """Returns {"prompt", "response"} read from the two fields, flagging an empty response."""
+  """Returns {"prompt", "response"} read from the two fields, flagging an empty response; with no
+  response_field (an evaluation set of problems and answers) the response is ""."""
   prompt = fields.text(prompt_field)
+  if not response_field:
+    return {"prompt": prompt, "response": ""}
   response = fields.text(response_field)
   if not fields.error and not response.strip():
     fields.fail("empty_response")
@@ -419,7 +423,7 @@ class MathEval(_LocalFilesBuilder):
 
   name = "math_eval"
   VERSION = tfds.core.Version("1.0.0")
-  DESCRIPTION = "Math evaluation sets with gold answers: aime24, amc23, minerva_math, olympiadbench."
+  DESCRIPTION = "Math evaluation sets with gold answers: aime24, amc23, math500, minerva_math, olympiadbench."
   BUILDER_CONFIGS: ClassVar[list[MathEvalConfig]] = [MathEvalConfig(name=s, description=f"{s} test set") for s in MATH_EVAL_SETS]
   EXTRA_FEATURES = ("answer_type", "unit")
 
@@ -494,8 +498,9 @@ def make_sft_builder(name: str | None, manual_dir: str, data_dir: str | None = N
   for key, value in mapping.items():
     if not isinstance(value, str):
       raise TypeError(f"sft_jsonl: {key} must be a str field name, got {value!r}")
-  if not messages_field and not (prompt_field and response_field):
-    raise ValueError("sft_jsonl: set messages_field, or both prompt_field and response_field")
+  if not messages_field and not (prompt_field and (response_field or answer_field)):
+    raise ValueError("sft_jsonl: set messages_field, or prompt_field and response_field (or, for an evaluation "
+                     "set without responses, prompt_field and answer_field)")
   name = name or _sft_config_name(manual_dir, mapping)
   config = SftConfig(name=name, description=f"fields {mapping}", **mapping)
   builder = SftJsonl(config=config, data_dir=data_dir, file_format="array_record")

@@ -101,6 +101,16 @@ def sample_next(logits: jax.Array, key, temperature: float = 0.0, top_p: float =
   return jax.random.categorical(key, filter_logits(scaled, top_p, top_k), axis=-1).astype(jnp.int32)
 
 
+def _is_key_batch(rng) -> bool:
+  """True when `rng` holds one key per row: typed keys of shape [B] or raw uint32 keys [B, 2]."""
+  typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+  return rng.ndim == (1 if typed else 2)
+
+
+def _key_batch_size(rng) -> int:
+  return int(rng.shape[0])
+
+
 @functools.partial(jax.jit, static_argnames=("model", "sampling"))
 def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array, sampling: SamplingConfig,
                     rng=None) -> tuple[jax.Array, jax.Array]:
@@ -108,8 +118,11 @@ def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array
 
   `prompt_ids` [B, P] hold each prompt right-aligned; `prompt_mask` [B, P] is nonzero on real
   tokens. Row b's continuation is tokens[b, :lengths[b]] (stop id excluded); entries past it
-  are 0. A row with no real token is inactive (length 0). The step-t key is
-  fold_in(rng, t); rng may be None only for greedy sampling.
+  are 0. A row with no real token is inactive (length 0). `rng` is one PRNG key, whose step-t key
+  fold_in(rng, t) samples the whole batch, or a batch of per-row keys ([B] typed or [B, 2] raw),
+  row b then drawing its step-t token with fold_in(rng[b], t): its continuation depends only on its
+  own key and prompt, not on its batch neighbours (so a sample is reproducible whatever the
+  batching). rng may be None only for greedy sampling.
   """
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"generate_tokens: sampling must be a SamplingConfig, got {type(sampling).__name__}")
@@ -128,8 +141,16 @@ def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array
   cache = init_cache(model.config, b, p + n - 1, resolve_dtype(model.config.dtype))
   stop_ids = jnp.asarray(sampling.stop_ids, jnp.int32)
 
+  per_row = rng is not None and _is_key_batch(rng)
+  if per_row and _key_batch_size(rng) != b:
+    raise ValueError(f"generate_tokens: {_key_batch_size(rng)} per-row keys for a batch of {b} rows")
+
   def pick(logits, step):
-    key = None if rng is None else jax.random.fold_in(rng, step)
+    if per_row and sampling.temperature > 0:
+      draw = lambda key, row: sample_next(row, jax.random.fold_in(key, step), sampling.temperature,  # noqa: E731
+                                          sampling.top_p, sampling.top_k)
+      return jax.vmap(draw)(rng, logits)
+    key = None if rng is None or per_row else jax.random.fold_in(rng, step)
     return sample_next(logits, key, sampling.temperature, sampling.top_p, sampling.top_k)
 
   def record(step, token, out, lengths, done):

@@ -69,9 +69,25 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
   return state, dict(out["meta"])
 
 
+def _checkpoints_dir(checkpoint_dir: str) -> str:
+  """A run's checkpoints/ folder, given the run's workdir or that folder itself."""
+  if os.path.basename(os.path.normpath(checkpoint_dir)) == "checkpoints":
+    return checkpoint_dir
+  return os.path.join(checkpoint_dir, "checkpoints")
+
+
+def latest_step(checkpoint_dir: str) -> int | None:
+  """The step of the latest finished checkpoint of a run (its workdir or checkpoints/), None when none."""
+  directory = _checkpoints_dir(checkpoint_dir)
+  if not os.path.isdir(directory):
+    return None
+  with ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta")) as manager:
+    return manager.latest_step()
+
+
 def restore_params(checkpoint_dir: str, like_params):
   """Parameters of the latest checkpoint in `checkpoint_dir` (a run's workdir or its checkpoints/)."""
-  directory = checkpoint_dir if os.path.basename(os.path.normpath(checkpoint_dir)) == "checkpoints" else os.path.join(checkpoint_dir, "checkpoints")
+  directory = _checkpoints_dir(checkpoint_dir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
                             f"*.safetensors) nor a rankjax workdir (no checkpoint directory at {directory})")

@@ -6,6 +6,7 @@ import ml_collections
 
 from rankjax import losses, models
 from rankjax.data import sources
+from rankjax.eval import settings as eval_settings
 from rankjax.train import optimizer
 
 JOBS = ("train", "demo")
@@ -32,6 +33,28 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # device mesh; -1: the rest
   c.export_hf = False  # at the end, write WORKDIR/hf: a Hugging Face checkpoint (safetensors + config.json)
   c.progress = True  # live progress line on stderr
+  c.eval = eval_config()
+  return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """The periodic sampled evaluation of a training run (`rankjax.eval`; off while every_steps is 0).
+
+  Every `every_steps` optimizer steps (and at the last step) the current params answer the benchmarks'
+  problems; `eval/<benchmark>/pass@k` go to metrics.jsonl and TensorBoard, the samples and results to
+  WORKDIR/eval/step_<N>/. Fields as in configs/eval_math.py; the defaults here are a cheap check (the
+  synthetic held-out problems, greedy, one sample), not the paper's protocol.
+  """
+  c = eval_settings.default_config()
+  c.every_steps = 0  # 0 = off
+  c.benchmarks = "synthetic"
+  c.num_problems = 64
+  c.num_samples = 1
+  c.temperature = 0.0
+  c.pass_k = (1,)
+  c.max_new_tokens = 256
+  c.prompt = "auto"  # the format the run trains with
+  c.progress = False
   return c
 
 
@@ -48,6 +71,10 @@ def validate(config) -> None:
   for field in ("total_steps", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[field]) <= 0:
       raise ValueError(f"config.{field}={config[field]} must be positive")
+  if int(config.eval.every_steps) < 0:
+    raise ValueError(f"config.eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off)")
+  if config.eval.every_steps:
+    eval_settings.validate(config.eval)
   if config.data.batch_size % config.grad_accum_steps:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
                      f"config.grad_accum_steps={config.grad_accum_steps}")

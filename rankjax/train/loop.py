@@ -20,6 +20,7 @@ from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train.metrics_writer import MetricsWriter
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
+from rankjax.train.periodic_eval import PeriodicEval
 from rankjax.train.train_step import make_train_step
 
 
@@ -103,9 +104,9 @@ def train(config, workdir: str) -> dict:
   model = build_run_model(config, init)
   os.makedirs(workdir, exist_ok=True)
   write_config(run_config.with_model(config, model.config), workdir)
-  _, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
+  tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
   try:
-    return _train(config, workdir, model, data, init)
+    return _train(config, workdir, model, data, init, tokenizer)
   finally:
     data.close()
 
@@ -135,7 +136,7 @@ class _NoWriter:
     pass
 
 
-def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
+def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer) -> dict:
   lead = is_lead_process()
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
@@ -162,6 +163,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and lead),
                   dynamic_ncols=True, desc=os.path.basename(os.path.normpath(workdir)),
                   mininterval=0.5 if sys.stderr.isatty() else 30.0)  # sparse lines in log files
+  evaluator = PeriodicEval(config, workdir, model, tokenizer, mesh, lead)
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
   try:
@@ -171,7 +173,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
       done = step + 1
       state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done))
       tokens_since += int(np.prod(batch["inputs"].shape))
-      log = done % config.log_every == 0 or done == config.total_steps
+      evaluate = evaluator.due(done)
+      log = done % config.log_every == 0 or done == config.total_steps or evaluate
       save = done % config.checkpoint_every == 0 or done == config.total_steps
       if (log or save) and int(first_bad):  # the only host syncs: on log and checkpoint steps
         bad = int(first_bad)
@@ -184,6 +187,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - t_last
         metrics.update(_record_metrics(data.record_counts()))
+        if evaluate:  # after `elapsed`: its time is not counted in tokens_per_second
+          metrics.update(evaluator(state.params, done))
         metrics["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
         metrics["model_tflops_per_device"] = metrics["tokens_per_second"] * model_flops / jax.device_count() / 1e12
         if peak:  # accelerators with a known peak; the first interval includes compilation
@@ -204,4 +209,5 @@ def _train(config, workdir: str, model, data, init: models.InitFrom) -> dict:
     bar.close()
     writer.close()
     manager.close()
+    evaluator.close()
   return row
