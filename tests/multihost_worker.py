@@ -6,7 +6,8 @@ Each process has 2 CPU devices (4 global), joins `jax.distributed` over localhos
 collectives), feeds its host-local Grain batch into a global (data=2, fsdp=2) mesh and runs one
 train step per loss from the same initial state. It writes DIR/process_{i}.json (its local
 batch's source indices, and per loss the loss, grad_norm and parameter sums) and, from process
-0, DIR/global.npz (the gathered global batch and updated parameters). The test imports the
+0, DIR/global.npz (the gathered global batch and updated parameters). Then both sample a small evaluation on
+the mesh; process 0 grades it and writes DIR/eval/. The test imports the
 helpers here to build the single-process reference.
 """
 
@@ -29,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from rankjax import models  # noqa: E402
 from rankjax.data import formatting, pipeline  # noqa: E402
 from rankjax.data.bpe import train_bpe  # noqa: E402
+from rankjax.eval import benchmarks, harness, settings  # noqa: E402
 from rankjax.train.loop import create_state  # noqa: E402
 from rankjax.train.optimizer import learning_rate_schedule  # noqa: E402
 from rankjax.train.train_step import make_train_step  # noqa: E402
@@ -106,6 +108,24 @@ def train_steps(mesh, global_batch: dict) -> dict:
   return out
 
 
+def eval_config():
+  """A small sampled evaluation: 2 samples of 6 problems at temperature 1, batches of 8 rows."""
+  c = settings.default_config()
+  c.update({"benchmarks": "synthetic", "num_samples": 2, "pass_k": (1, 2), "max_new_tokens": 8, "batch_size": 8,
+            "progress": False})
+  c.grading.workers = 1
+  return c
+
+
+def sampled_eval(mesh, records, formatter, out_dir: str) -> dict:
+  """`harness.run_eval` of the initial params on `mesh` over the first 6 records; writes out_dir (process 0)."""
+  config = run_config(LOSSES[0])
+  model = models.build_model(config.model)
+  params = create_state(config, model, mesh).params
+  problems = {"mem": [benchmarks.Problem("mem", i, r, r["answer"]) for i, r in enumerate(records[:6])]}
+  return harness.run_eval(model, params, formatter, problems, eval_config(), mesh, out_dir=out_dir)
+
+
 def flat_params(params) -> dict:
   """{"['layer_0']['attn']['q']": numpy array, ...} of a fully addressable (or gathered) params tree."""
   return {jax.tree_util.keystr(k): np.asarray(x) for k, x in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -147,6 +167,8 @@ def main():
     params = flat_params(multihost_utils.process_allgather(params, tiled=True))
     report[loss] = step_report(metrics, params)
     arrays.update({f"{loss}/{k}": v for k, v in params.items()})
+  report["eval_dir"] = os.path.join(args.out, "eval")
+  report["eval"] = sampled_eval(mesh, records, formatter, report["eval_dir"])
   with open(os.path.join(args.out, f"process_{args.process_id}.json"), "w", encoding="utf-8") as f:
     json.dump(report, f)
   if args.process_id == 0:

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -97,8 +98,10 @@ def _reference() -> dict:
   batch = jax.device_put(global_batch, models.sharding.batch_sharding(mesh))
   steps = {loss: (jax.device_get(metrics), worker.flat_params(params))
            for loss, (metrics, params) in worker.train_steps(mesh, batch).items()}
+  eval_dir = tempfile.mkdtemp(prefix="multihost_eval_ref")
+  worker.sampled_eval(mesh, records, formatter, eval_dir)
   return {"indices": [worker.source_indices(b, records, formatter) for b in locals_],
-          "global_batch": global_batch, "steps": steps}
+          "global_batch": global_batch, "steps": steps, "eval_dir": eval_dir}
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +176,16 @@ def test_train_step_matches_one_process(run, loss):
   assert float(metrics["learning_rate"]) == pytest.approx(lr)  # no warmup: the step is not a no-op
   for key, expected in params.items():
     np.testing.assert_allclose(arrays[f"{loss}/{key}"], expected, rtol=0, atol=5e-2 * lr, err_msg=key)
+
+
+def test_sampled_eval_across_hosts_equals_one_process(run):
+  """Both hosts generate their rows of each batch; process 0 alone grades and writes the same samples."""
+  reports, _, reference = run
+  out = pathlib.Path(reports[0]["eval_dir"])
+  assert reports[1]["eval"] == {}  # only process 0 returns (and writes) results
+  key = lambda r: (r["benchmark"], r["problem"], r["sample"])  # noqa: E731
+  rows = sorted((json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()), key=key)
+  ref_dir = pathlib.Path(reference["eval_dir"])
+  ref = sorted((json.loads(line) for line in (ref_dir / "samples.jsonl").read_text().splitlines()), key=key)
+  assert len(rows) == 12 and [r["completion"] for r in rows] == [r["completion"] for r in ref]
+  assert reports[0]["eval"]["benchmarks"] == json.loads((ref_dir / "results.json").read_text())["benchmarks"]
