@@ -6,6 +6,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 from fractions import Fraction
 
@@ -342,3 +343,21 @@ def test_mean_pass_at_k():
 def test_pass_at_k_invalid_arguments(n, c, k):
   with pytest.raises(ValueError, match=f"n={n!r}|c={c!r}|k={k!r}"):
     pass_at_k(n, c, k)
+
+
+def test_grade_off_the_main_thread_uses_a_pool_and_keeps_the_timeout():
+  """No signal timeout exists off the main thread: grade() hands the work to a worker that can be killed."""
+  out = {}
+
+  def run():
+    start = time.monotonic()
+    out["pathological"] = grade("\\boxed{9^{9^{9^9}}}", "1", timeout_s=2.0)
+    out["seconds"] = time.monotonic() - start
+    out["half"] = grade("so \\boxed{\\frac12}", "0.5", timeout_s=2.0)
+
+  thread = threading.Thread(target=run)
+  thread.start()
+  thread.join(timeout=60)
+  assert not thread.is_alive()
+  assert out["pathological"] is False and out["half"] is True
+  assert out["seconds"] < 20  # 2 s grading, 2 s kill margin and a worker start, on a slow machine

@@ -132,12 +132,33 @@ def grade_answer(answer: str, gold: str, timeout_s: float = 5.0) -> bool:
 def grade(completion: str, gold: str, timeout_s: float = 5.0) -> bool:
   """Returns whether the final answer of `completion` (see `extract_answer`) is equivalent to `gold`.
 
-  Runs in this process; False when no answer (or an empty one) is found. The timeout is math-verify's
-  signal timeout (main thread only), which C-level work such as huge integer powers may outlast: use
-  `grade_many` / `GradingPool` for untrusted completions.
+  False when no answer (or an empty one) is found, or when grading takes longer than about `timeout_s`.
+  On the main thread it grades in this process under math-verify's signal timeout (which interrupted every
+  pathological expression tried, e.g. `9^{9^{9^9}}`); on any other thread, where no signal can be used, it
+  hands the grading to a shared one-worker `GradingPool`, whose worker is killed if it hangs. For many
+  completions use `grade_many` / `GradingPool`.
   """
   answer = extract_answer(completion)
-  return bool(answer) and grade_answer(answer, gold, timeout_s)
+  if not answer:
+    return False
+  if threading.current_thread() is threading.main_thread():
+    return grade_answer(answer, gold, timeout_s)
+  return _thread_pool().grade_many([(completion, gold)], timeout_s)[0]
+
+
+_SHARED_POOL = None
+_SHARED_POOL_LOCK = threading.Lock()
+
+
+def _thread_pool() -> GradingPool:
+  """The one-worker pool `grade` uses off the main thread (started on first use, stopped at exit)."""
+  global _SHARED_POOL
+  with _SHARED_POOL_LOCK:
+    if _SHARED_POOL is None:
+      import atexit  # noqa: PLC0415
+      _SHARED_POOL = GradingPool(1)
+      atexit.register(_SHARED_POOL.close)
+    return _SHARED_POOL
 
 
 def _warm_up() -> None:
