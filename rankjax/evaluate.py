@@ -26,10 +26,18 @@ from rankjax.data.tokenizer import load_tokenizer
 from rankjax.eval import harness, settings as settings_lib
 from rankjax.train import checkpointing
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an eval config file (configs/eval_math.py).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for samples.jsonl, results.json, results.md.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() first.")
+_FLAGS = {}
+
+
+def _define_flags() -> None:
+  """Defines the command's flags; only when run as a command, so that importing this module (tests, notebooks,
+  other tools with their own --config flag) defines none."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Path to an eval config file (configs/eval_math.py).", lock_config=True)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for samples.jsonl, results.json, results.md.")
+  _FLAGS["distributed"] = flags.DEFINE_bool("distributed", False,
+                                            "Multi-host: call jax.distributed.initialize() first.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 @dataclasses.dataclass
@@ -124,11 +132,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _DISTRIBUTED.value:
+  if _FLAGS["distributed"].value:
     jax.distributed.initialize()
-  evaluate(_CONFIG.value, _WORKDIR.value)
+  evaluate(_FLAGS["config"].value, _FLAGS["workdir"].value)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  _define_flags()
   app.run(main)

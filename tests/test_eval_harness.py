@@ -217,3 +217,9 @@ def test_eval_during_training_is_logged(tmp_path):
     assert 0 <= rows[step]["eval/synthetic/pass@1"] <= 1 and "eval/average/pass@1" in rows[step]
   assert "eval/synthetic/pass@1" not in rows[2]
   assert os.path.exists(os.path.join(workdir, "eval", "step_6", "results.md"))
+
+
+def test_entry_points_import_together():
+  """Importing rankjax.evaluate defines no absl flags, so it coexists with tools that define --config."""
+  import rankjax.data.preview  # noqa: F401
+  import rankjax.evaluate  # noqa: F401
