@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from rankjax import evaluate
+from rankjax.train.restore import load_checkpoint
 from rankjax.eval import benchmarks, harness, settings
 from rankjax.eval.grading import GradingPool
 from rankjax.eval.sampler import Sampler, sample_keys
@@ -68,7 +68,7 @@ def main():
     raise SystemExit(f"no demo checkpoint at {args.checkpoint}: run `make demo` first (or pass --checkpoint)")
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({jax.device_count()} devices), "
         f"{os.cpu_count()} CPUs; checkpoint {args.checkpoint}")
-  ckpt = evaluate.load_checkpoint(args.checkpoint, None)
+  ckpt = load_checkpoint(args.checkpoint)
   formatter = harness.make_formatter(ckpt.tokenizer, "auto", ckpt.plain_template, ckpt.trained_format)
   config = settings.default_config()
   problems = benchmarks.load_problems(settings.BenchmarkSpec("synthetic"), config.data, "", args.problems,

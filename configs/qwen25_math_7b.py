@@ -13,7 +13,10 @@ python -m rankjax.main --config=configs/qwen25_math_7b.py --workdir=/runs/qwen25
   every device, per-layer rematerialisation, a global batch of 256 x 2048 packed tokens in 16
   accumulation micro-steps, 39 optimizer steps (one epoch). WORKDIR/hf gets the fine-tuned
   checkpoint in HF format at the end (loadable by transformers and vLLM).
-- Baselines: --config.loss.name=sft | dft | talr | eaft; the bound form: --config.loss.form=bound.
+- RankTuner's bound form (spec section 3), as the reference implementation trains: no E[R] and no sort;
+  the exact form: --config.loss.form=exact. Baselines: --config.loss.name=sft | dft | talr | eaft.
+- Evaluate with configs/eval_math.py (the paper's protocol): python -m rankjax.evaluate
+  --config=configs/eval_math.py --workdir=/runs/eval --config.checkpoint=/runs/qwen25_math_7b_ranktuner/hf
 """
 
 from rankjax.data.hf_tokenizer import MATH_COT_SYSTEM
@@ -47,6 +50,9 @@ def get_config():
   config.grad_accum_steps = 16
 
   config.loss.name = "ranktuner"
+  config.loss.form = "bound"
+  config.loss.base = "prob"
+  config.loss.diagnostics = False  # the bound form needs no E[R]; True adds it (and every scheme's weight) to the logs
   config.loss.token_chunk = 1024
   config.total_steps = 39
   config.log_every = 1

@@ -127,38 +127,46 @@ def rank_utility(x):
   return 1.0 / np.log2(_f64(x) + 1.0)
 
 
-def ranktuner_log_scale(logits, targets, form):
-  """ln S_t. exact: S = 2^(f(E[R]) - f(R)). bound: s = 2^(H-2)+1, xi = max(R, s),
-  K = log2(xi+1)^-2, S = (p s)^-K, i.e. ln S = -K (ln p + ln s)."""
+def max_prob(logits):
+  """p_max,t: the largest probability at each position."""
+  return np.exp(np.max(log_softmax(logits), axis=-1))
+
+
+def massey_s(logits):
+  """s_t = 2^(H-2) + 1 where H >= 2 bits (Massey), else 2 - p_max."""
+  h = entropy_bits(logits)
+  return np.where(h >= 2.0, 2.0 ** (h - 2.0) + 1.0, 2.0 - max_prob(logits))
+
+
+def ranktuner_log_scale(logits, targets, form, floor=1e-6):
+  """ln S_t. exact: S = 2^(f(E[R]) - f(R)). bound (spec section 3): s from `massey_s`, xi = max(R, s),
+  K = log2(xi+1)^-2, S = max(p s, floor)^-K."""
   if form == "exact":
     r = rank(logits, targets)
     e = expected_rank(logits)
     return LOG2 * (rank_utility(e) - rank_utility(r))
   if form == "bound":
-    h = entropy_bits(logits)
-    s = 2.0 ** (h - 2.0) + 1.0
+    s = massey_s(logits)
     xi = np.maximum(rank(logits, targets).astype(np.float64), s)
     kk = np.log2(xi + 1.0) ** -2
-    return -kk * (target_log_prob(logits, targets) + np.log(s))
+    return -kk * np.maximum(target_log_prob(logits, targets) + np.log(s), np.log(floor))
   raise ValueError(f"unknown form {form!r}")
 
 
-def ranktuner_scale(logits, targets, form):
-  return np.exp(ranktuner_log_scale(logits, targets, form))
+def ranktuner_scale(logits, targets, form, floor=1e-6):
+  return np.exp(ranktuner_log_scale(logits, targets, form, floor))
 
 
-def ranktuner_weight(logits, targets, form, base, log_weight_cap=30.0):
-  """w = p_t S_t ("prob") or S_t ("uniform"); the product is taken in the log domain, and
-  ln w is capped at `log_weight_cap` (the library's documented float32 guard: the bound
-  form's S is unbounded as p -> 0)."""
-  log_s = ranktuner_log_scale(logits, targets, form)
+def ranktuner_weight(logits, targets, form, base, floor=1e-6):
+  """w = p_t S_t ("prob") or S_t ("uniform"); the product is taken in the log domain."""
+  log_s = ranktuner_log_scale(logits, targets, form, floor)
   if base == "prob":
     log_w = target_log_prob(logits, targets) + log_s
   elif base == "uniform":
     log_w = log_s
   else:
     raise ValueError(f"unknown base {base!r}")
-  return np.exp(np.minimum(log_w, log_weight_cap))
+  return np.exp(log_w)
 
 
 def weights(logits, targets, mask, config):
@@ -174,7 +182,7 @@ def weights(logits, targets, mask, config):
   if name == "eaft":
     return eaft_weight(logits, config.eaft_top_k, config.eaft_alpha)
   if name == "ranktuner":
-    return ranktuner_weight(logits, targets, config.form, config.base, config.log_weight_cap)
+    return ranktuner_weight(logits, targets, config.form, config.base, config.bound_floor)
   raise ValueError(f"unknown scheme {name!r}")
 
 

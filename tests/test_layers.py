@@ -5,7 +5,7 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
-FLOOR = {"models": 0, "losses": 0, "data": 1, "train": 2, "eval": 2}
+FLOOR = {"models": 0, "losses": 0, "data": 1, "train": 2, "eval": 2, "diagnostics": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -223,7 +223,7 @@ def test_reference_hand_values():
   np.testing.assert_allclose(s["log_prob"], [math.log(0.125)])
   f = lambda x: 1.0 / math.log2(x + 1.0)  # noqa: E731
   np.testing.assert_allclose(ref.ranktuner_scale(z, t, "exact"), [2.0 ** (f(1.875) - f(4))])
-  s_h = 2.0 ** (1.75 - 2.0) + 1.0
+  s_h = 2.0 - 0.5  # H = 1.75 bits < 2: s = 2 - p_max (tests/test_losses_bound_form.py covers both branches)
   kk = math.log2(max(4.0, s_h) + 1.0) ** -2
   np.testing.assert_allclose(ref.ranktuner_scale(z, t, "bound"), [(0.125 * s_h) ** -kk])
 

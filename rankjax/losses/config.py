@@ -25,8 +25,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.eaft_alpha = 1.0
   config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
   config.talr_normalize = True  # TALR weights rescaled to mean 1 over supervised tokens
-  # Cap on log w_t (natural log) of RankTuner: the bound form's scale is unbounded as p_t -> 0.
-  config.log_weight_cap = 30.0
+  # Bound form: S_t = max(p_t s_t, bound_floor)^(-K_t), so S_t <= 1 / bound_floor (spec section 3; the
+  # reference implementation's 1e-6).
+  config.bound_floor = 1e-6
   # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
   # dashboard even when the scheme does not need it.
   config.diagnostics = True
@@ -61,8 +62,9 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
   if not float(config.eaft_alpha) > 0:
     raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
-  if not 0 < float(config.log_weight_cap) <= 88.0:
-    raise ValueError(f"loss config: log_weight_cap={config.log_weight_cap} must be in (0, 88] (float32 range)")
+  if not 1e-30 <= float(config.bound_floor) < 1.0:
+    raise ValueError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
+                     "must stay finite in float32)")
   if not 0 < float(config.histogram_bin_width) <= 1.0:
     raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
   if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):

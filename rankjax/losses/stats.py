@@ -20,6 +20,8 @@ class TokenStats:
   log_prob:      log p_t of the target, in nats (differentiable w.r.t. the logits).
   entropy_bits:  H_t = -sum_i p_i log2 p_i, in bits.
   rank:          R_t = #{i : p_i >= p_t}, 1-indexed, ties count against the target (int32).
+  log_prob_max:  log p_max,t, the largest log-probability at the position, in nats (the bound form's
+                 low-entropy branch uses p_max); stop-gradient.
   expected_rank: E[R_t] = sum_k k p_(k) with p_(k) the k-th largest probability;
                  None when not requested.
   expected_rank_lo, expected_rank_hi: a certified interval around E[R_t] (equal to it when
@@ -32,13 +34,14 @@ class TokenStats:
   expected_rank: jax.Array | None = None
   expected_rank_lo: jax.Array | None = None
   expected_rank_hi: jax.Array | None = None
+  log_prob_max: jax.Array | None = None
 
   def __getitem__(self, key):
     return getattr(self, key)
 
   def keys(self):
-    return [k for k in ("log_prob", "entropy_bits", "rank", "expected_rank", "expected_rank_lo", "expected_rank_hi")
-            if self[k] is not None]
+    return [k for k in ("log_prob", "entropy_bits", "rank", "expected_rank", "expected_rank_lo", "expected_rank_hi",
+                        "log_prob_max") if self[k] is not None]
 
 
 def check_logits_shape(logits, targets, where: str = "token_stats") -> None:
@@ -99,5 +102,5 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
   elif with_expected_rank:
     raise ValueError(f"token_stats: expected_rank={expected_rank!r} is not 'sort' or 'histogram'")
   stats = TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
-                     expected_rank_lo=lo, expected_rank_hi=hi)
+                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=jnp.max(zs, axis=-1) - lse_s)
   return (stats, lse_s) if return_lse else stats

@@ -2,7 +2,8 @@
 
 Each device holds the logits of its vocabulary slice, [tokens, V / P], slice p covering ids
 [p V/P, (p+1) V/P). Every statistic is a sum or max over the vocabulary, so it is formed from
-per-slice partial results with one collective each: the max logit (pmax, no gradient needed),
+per-slice partial results with one collective each: the max logit (pmax, no gradient needed; it
+also gives log p_max),
 the sum of exponentials and the target logit (psum), the entropy's sum p z (psum), the rank
 count R_t (psum), and the histogram of E[R] (psum; the bins are aligned because every slice
 bins against the same global max). The exact E[R] ("sort") gathers whole rows (a reference).
@@ -62,7 +63,7 @@ def sharded_token_stats(z_local: jax.Array, targets: jax.Array, axis, with_expec
     full = gather_last_axis(z, axis)
     e = lo = hi = er.expected_rank_by_sort(full, lse)
   stats = TokenStats(log_prob=z_t - lse, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
-                     expected_rank_lo=lo, expected_rank_hi=hi)
+                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=m - lse)
   return stats, lse
 
 

@@ -152,7 +152,7 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
     aux["mean_expected_rank"] = mean(stats.expected_rank)
     aux["mean_expected_rank_interval"] = mean(stats.expected_rank_hi - stats.expected_rank_lo)
   if config.diagnostics:
-    rt = w if config.name == "ranktuner" else ranktuner_weight(stats, config.form, config.base, config.log_weight_cap)
+    rt = w if config.name == "ranktuner" else ranktuner_weight(stats, config.form, config.base, config.bound_floor)
     aux["mean_ranktuner_weight"] = mean(rt)
   if context.talr is not None:
     aux["talr_tau"] = context.talr.tau

@@ -27,22 +27,30 @@ def ranktuner_scale_exact(rank: jax.Array, expected_rank: jax.Array) -> jax.Arra
   return jnp.exp2(rank_utility(expected_rank) - rank_utility(rank))
 
 
-def ranktuner_log_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank: jax.Array) -> jax.Array:
-  """log S_t of the sort-free surrogate S_t = (p_t s(H_t))^(-K_t), with s(H) = 2^(H-2) + 1 and
-  K_t = log2(max(R_t, s) + 1)^-2; natural log, computed in log space (S is unbounded as p_t -> 0)."""
-  s = jnp.exp2(entropy_bits - 2.0) + 1.0
+def massey_s(entropy_bits: jax.Array, log_prob_max: jax.Array) -> jax.Array:
+  """The bound form's s_t: Massey's 2^(H_t - 2) + 1 where H_t >= 2 bits, else 2 - p_max,t (both lower
+  bounds of E[R_t]); float32."""
+  massey = jnp.exp2(entropy_bits - 2.0) + 1.0
+  return jnp.where(entropy_bits >= 2.0, massey, 2.0 - jnp.exp(log_prob_max))
+
+
+def ranktuner_log_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank: jax.Array,
+                              log_prob_max: jax.Array, floor: float = 1e-6) -> jax.Array:
+  """ln S_t of the sort-free surrogate (spec section 3): S_t = max(p_t s_t, floor)^(-K_t), with s_t from
+  `massey_s`, xi_t = max(R_t, s_t) and K_t = log2(xi_t + 1)^-2; natural log, computed in log space.
+
+  K_t <= 1 (xi_t >= 1), so S_t <= 1 / floor: the floor is the only cap the form needs.
+  """
+  s = massey_s(entropy_bits, log_prob_max)
   xi = jnp.maximum(rank.astype(jnp.float32), s)
   k = jnp.log2(xi + 1.0) ** -2
-  return -k * (log_prob + jnp.log(s))
+  return -k * jnp.maximum(log_prob + jnp.log(s), math.log(floor))
 
 
-def ranktuner_weight(stats: TokenStats, form: str, base: str, log_weight_cap: float = 30.0) -> jax.Array:
-  """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient.
+def ranktuner_weight(stats: TokenStats, form: str, base: str, bound_floor: float = 1e-6) -> jax.Array:
+  """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient, formed in log space (log b + log S).
 
-  Formed in log space, log w = log b + log S. The bound form's S has no upper limit as
-  p_t -> 0 (uniform base), so log w is capped at `log_weight_cap` (default 30: w < 1.1e13,
-  so w * nll and its sums stay finite in float32). Realistic vocabularies never reach it
-  (K_t >= log2(V + 1)^-2, about 0.0034 at V = 151,936); the exact form's S lies in (1/2, 2).
+  exact: S_t in (1/2, 2). bound: S_t <= 1 / bound_floor (1e6 by default), so w_t <= 1e6 with either base.
   """
   log_prob = jax.lax.stop_gradient(stats.log_prob)
   if form == "exact":
@@ -50,9 +58,11 @@ def ranktuner_weight(stats: TokenStats, form: str, base: str, log_weight_cap: fl
       raise ValueError("ranktuner form='exact' needs expected_rank in the token statistics")
     log_scale = jnp.log(ranktuner_scale_exact(stats.rank, stats.expected_rank))
   else:
-    log_scale = ranktuner_log_scale_bound(log_prob, stats.entropy_bits, stats.rank)
+    if stats.log_prob_max is None:
+      raise ValueError("ranktuner form='bound' needs log_prob_max in the token statistics")
+    log_scale = ranktuner_log_scale_bound(log_prob, stats.entropy_bits, stats.rank, stats.log_prob_max, bound_floor)
   log_w = log_scale + (log_prob if base == "prob" else 0.0)
-  return jax.lax.stop_gradient(jnp.exp(jnp.minimum(log_w, log_weight_cap)))
+  return jax.lax.stop_gradient(jnp.exp(log_w))
 
 
 def topk_entropy_nats(logits: jax.Array, k: int) -> jax.Array:
@@ -118,7 +128,7 @@ def scheme_weight(stats: TokenStats, config, talr: TalrContext | None, topk_entr
   elif name == "eaft":
     w = eaft_weight(topk_entropy, min(int(config.eaft_top_k), vocab_size), config.eaft_alpha)
   elif name == "ranktuner":
-    w = ranktuner_weight(stats, config.form, config.base, config.log_weight_cap)
+    w = ranktuner_weight(stats, config.form, config.base, config.bound_floor)
   else:
     raise ValueError(f"unknown loss scheme {name!r}")
   return jax.lax.stop_gradient(w)
