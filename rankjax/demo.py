@@ -21,6 +21,7 @@ from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train.loop import train, write_config
+from rankjax.train.methods import method_overrides, parse_methods
 from rankjax.train.metrics_writer import read_metrics
 
 
@@ -30,9 +31,9 @@ def stage_config(config, **overrides):
 
 
 def methods_of(config) -> list[str]:
-  methods = [m.strip() for m in config.demo.methods.split(",") if m.strip()]
+  methods = parse_methods(config.demo.methods)
   for m in methods:
-    run_config.validate(stage_config(config, **{"loss.name": m}))
+    run_config.validate(stage_config(config, **method_overrides(m)))
   return methods
 
 
@@ -97,8 +98,8 @@ def run(config, workdir: str) -> list[dict]:
   for i, method in enumerate(methods):
     run_dirs[method] = os.path.join(workdir, "runs", method)
     print(f"[demo] 2/3 fine-tuning with {method} ({i + 1}/{len(methods)}) in {run_dirs[method]}", flush=True)
-    train(stage_config(config, **{"loss.name": method, "init_from": base_dir,
-                                  "data.tokenizer_path": tokenizer_path}), run_dirs[method])
+    train(stage_config(config, **method_overrides(method), **{"init_from": base_dir,
+                                                             "data.tokenizer_path": tokenizer_path}), run_dirs[method])
 
   print(f"[demo] 3/3 evaluating on {len(eval_records)} unseen problems", flush=True)
   model = models.build_model(config.model)

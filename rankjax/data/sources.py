@@ -54,10 +54,16 @@ def default_config() -> ml_collections.ConfigDict:
       "seed": 0, "num_pretrain": 20000, "num_finetune": 4000, "num_eval": 200,
       # Template of the pretraining split: "finetune" (the default) lets the base model learn the
       # answer format, as real base math models know it; "pretrain" makes the format new at SFT.
-      "pretrain_template": "finetune"})
+      "pretrain_template": "finetune",
+      # Share of the pretraining split drawn from the fine-tuning families (never eval questions): > 0 makes
+      # a base model that already solves part of the fine-tuning task, the regime of the paper's strong bases.
+      "pretrain_mix": 0.0})
   c.files = ml_collections.ConfigDict({  # file sources (TFDS builders prepared from local files)
       "manual_dir": "",  # directory holding the source files, e.g. ../shared/data/gsm8k
       "tfds_data_dir": ""})  # where prepared datasets live; "": TFDS's default (~/tensorflow_datasets)
+  # Training data with noise: after each response word, with probability `rate`, a random word of the corpus's
+  # responses is inserted (rankjax.data.response_noise); 0 = clean. Evaluation records are never changed.
+  c.response_noise = ml_collections.ConfigDict({"rate": 0.0, "seed": 0})
   c.jsonl = ml_collections.ConfigDict({  # source="jsonl": field names of the prompt / response ...
       "prompt_field": "prompt", "response_field": "response",
       "messages_field": ""})  # ... or of a chat `messages` list (then prompt/response fields are unused)
@@ -78,6 +84,8 @@ def validate_config(config) -> None:
   if config.source != "synthetic" and not config.files.manual_dir:
     raise ValueError(f"config.data.source={config.source!r} needs config.data.files.manual_dir (the directory of "
                      "its files)")
+  if not 0.0 <= float(config.response_noise.rate) <= 0.5:
+    raise ValueError(f"config.data.response_noise.rate={config.response_noise.rate} must lie in [0, 0.5]")
   defaults, used = default_config(), _groups_for(config.source)
   for group in ("synthetic", "files", "jsonl"):
     if group in used:
@@ -97,14 +105,15 @@ def resolved(config, field: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int, template: str) -> dict:
-  return synthetic.make_splits(seed, n_pretrain, n_finetune, n_eval, template)
+def _synthetic_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int, template: str, mix: float) -> dict:
+  return synthetic.make_splits(seed, n_pretrain, n_finetune, n_eval, template, mix)
 
 
 def synthetic_splits(config) -> dict:
   """{"pretrain", "finetune", "eval"}: lists of synthetic.Example of the config's generator."""
   s = config.synthetic
-  return _synthetic_splits(s.seed, s.num_pretrain, s.num_finetune, s.num_eval, s.pretrain_template)
+  return _synthetic_splits(s.seed, s.num_pretrain, s.num_finetune, s.num_eval, s.pretrain_template,
+                           float(s.pretrain_mix))
 
 
 def load_records(config, split: str | None = None):

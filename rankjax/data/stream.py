@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax
 
-from rankjax.data import formatting, pipeline, sources
+from rankjax.data import formatting, pipeline, response_noise, sources
 from rankjax.data.hf_tokenizer import HFTokenizer
 from rankjax.data.tokenizer import resolve_tokenizer
 
@@ -41,7 +41,10 @@ def pipeline_options(config) -> pipeline.PipelineOptions:
 def make_pipeline(config, workdir: str, vocab_size: int, hf_dir: str = ""):
   """Returns (tokenizer, SFTPipeline) of a run config; raises before training if no record is usable."""
   records = sources.load_records(config.data)
-  tokenizer = run_tokenizer(config, workdir, vocab_size, hf_dir, records)
+  tokenizer = run_tokenizer(config, workdir, vocab_size, hf_dir, records)  # trained on the clean texts
+  if float(config.data.response_noise.rate) > 0:
+    records = response_noise.NoisyRecords(records, float(config.data.response_noise.rate),
+                                          int(config.data.response_noise.seed))
   formatter = make_formatter(config.data, tokenizer)
   options = pipeline_options(config)
   pipeline.check_supervised(records, formatter, options)

@@ -295,17 +295,23 @@ def _take_unique(stream: Iterator[Example], n: int, exclude: set[str], what: str
 
 
 def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int,
-                pretrain_template: str = "pretrain") -> dict[str, list[Example]]:
+                pretrain_template: str = "pretrain", pretrain_mix: float = 0.0) -> dict[str, list[Example]]:
   """Returns {"pretrain", "finetune", "eval"} example lists.
 
-  "pretrain": PRETRAIN_FAMILIES in `pretrain_template`. "finetune" and "eval":
-  the held-out FINETUNE_FAMILIES in the finetune template; eval questions are
-  distinct, and no eval question appears in finetune (finetune may repeat itself).
+  "pretrain": PRETRAIN_FAMILIES in `pretrain_template`, except that a share `pretrain_mix` of its examples
+  (evenly spaced) are FINETUNE_FAMILIES problems in the finetune template, so that the base model already
+  solves some of the fine-tuning task (as a strong base model does); none of them is an eval question.
+  "finetune" and "eval": the held-out FINETUNE_FAMILIES in the finetune template; eval questions are
+  distinct, and no eval question appears in finetune (finetune may repeat itself). pretrain_mix = 0 gives the
+  lists of earlier versions exactly.
   """
   if min(n_pretrain, n_finetune, n_eval) < 0:
     raise ValueError("split sizes must be >= 0")
+  if not 0.0 <= pretrain_mix < 1.0:
+    raise ValueError(f"data.synthetic.pretrain_mix={pretrain_mix} must lie in [0, 1)")
   root = np.random.SeedSequence(seed)
-  pretrain_rng, finetune_rng, eval_rng = (np.random.default_rng(s) for s in root.spawn(3))
+  # Children 0-2 are those of earlier versions (spawn(4) extends spawn(3)); child 3 draws the mixed-in problems.
+  pretrain_rng, finetune_rng, eval_rng, mix_rng = (np.random.default_rng(s) for s in root.spawn(4))
   pretrain = _stream(PRETRAIN_FAMILIES, pretrain_rng, pretrain_template)
   eval_set = _take_unique(_stream(FINETUNE_FAMILIES, eval_rng, "finetune"), n_eval, set(), "eval")
   eval_questions = {question_of(e) for e in eval_set}
@@ -318,7 +324,17 @@ def make_splits(seed: int, n_pretrain: int, n_finetune: int, n_eval: int,
       finetune.append(example)
   if len(finetune) < n_finetune:
     raise ValueError(f"could only draw {len(finetune)} finetune examples outside eval of {n_finetune}")
-  return {"pretrain": [next(pretrain) for _ in range(n_pretrain)], "finetune": finetune, "eval": eval_set}
+  mixed = _stream(FINETUNE_FAMILIES, mix_rng, "finetune")
+  pretrain_examples = []
+  for i in range(n_pretrain):
+    if pretrain_mix > 0 and int((i + 1) * pretrain_mix) > int(i * pretrain_mix):
+      example = next(mixed)
+      while question_of(example) in eval_questions:
+        example = next(mixed)
+      pretrain_examples.append(example)
+    else:
+      pretrain_examples.append(next(pretrain))
+  return {"pretrain": pretrain_examples, "finetune": finetune, "eval": eval_set}
 
 
 def as_records(examples: Sequence[Example], split: str) -> list[dict]:
