@@ -1,6 +1,7 @@
 """The embedded CPU demo (`make demo`): pretrain a tiny base model on synthetic arithmetic word
-problems, fine-tune it on held-out problem formats with sft / dft / ranktuner, evaluate by greedy
-decoding and exact match of the final answer. About 10 minutes on 2 CPU cores, fully offline.
+problems (a quarter of them in the fine-tuning formats, so the base starts competent), fine-tune it with
+sft / dft / ranktuner / ranktuner with the uniform base, evaluate by greedy decoding and exact match of the
+final answer, and run the noise diagnostic on the base model. About 7 minutes on 2 CPU cores, offline.
 
 The top-level fields describe the fine-tuning runs; `config.demo` the pretraining and evaluation.
 """
@@ -24,9 +25,10 @@ def get_config():
   config.data.synthetic.num_pretrain = 20000
   config.data.synthetic.num_finetune = 3000
   config.data.synthetic.num_eval = 300
-  # A competent base, as in the paper (its bases already score 40-65%): 10% of the pretraining examples are
-  # problems of the fine-tuning formats (never eval questions), so fine-tuning sharpens a skill the base has.
-  config.data.synthetic.pretrain_mix = 0.1
+  # A base that already solves part of the task, the paper's regime (its bases score 40-65% before SFT): 25% of
+  # the pretraining examples are problems of the fine-tuning formats (never eval questions). Measured: the base
+  # answers 14% greedily, SFT reaches 21%; with 10% mixed in the base had 8%.
+  config.data.synthetic.pretrain_mix = 0.25
   config.loss.token_chunk = 3072  # V = 512: one chunk per micro-batch is cheapest
   # At V = 512 an int-key sort of each row is cheaper than the 4,001-bin histogram (which wins
   # at LLM vocabularies); see benchmarks/README.md.
@@ -43,5 +45,6 @@ def get_config():
   config.demo.pretrain_learning_rate = 2e-3
   config.demo.max_new_tokens = 40
   config.demo.eval_batch_size = 256
+  config.demo.noise_examples = 1000  # fine-tuning examples scored by the noise diagnostic of the base
   config.lock()
   return config

@@ -4,7 +4,8 @@
 3. a tiny base model pretrained with plain cross-entropy on the pretraining formats;
 4. from that base, one fine-tuning run per method on held-out formats (loss on solutions only);
 5. greedy decoding on unseen problems, exact match of the final answer;
-6. WORKDIR/results.{md,json} and loss_curves.png. Every stage resumes when relaunched.
+6. the noise diagnostic (the paper's Table 1) on the base model: WORKDIR/noise_diagnostic/;
+7. WORKDIR/results.{md,json} and loss_curves.png. Every stage resumes when relaunched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 
 from rankjax import models
 from rankjax.data import pipeline, sources, stream
+from rankjax.diagnostics import noise
 from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
@@ -119,13 +121,22 @@ def run(config, workdir: str) -> list[dict]:
                  "accuracy": acc, "correct": int(sum(e["correct"] for e in examples)), "num_eval": len(examples)})
     samples[method] = examples[:3]
 
+  noise_dir = os.path.join(workdir, "noise_diagnostic")
+  print(f"[demo] noise diagnostic of the base model ({config.demo.noise_examples} fine-tuning examples) in "
+        f"{noise_dir}", flush=True)
+  noise_config = noise.default_config()
+  noise_config.update({"checkpoint": base_dir, "num_examples": int(config.demo.noise_examples), "progress": False})
+  noise.run_noise_diagnostic(noise_config, noise_dir)
+  with open(os.path.join(noise_dir, "results.md"), encoding="utf-8") as f:
+    noise_table = f.read()
+
   wall = time.time() - t0
   header = (f"# rankjax demo results\n\nBase: {config.demo.pretrain_steps} pretraining steps; each method "
             f"{config.total_steps} fine-tuning steps of {config.data.batch_size} sequences from the same base; "
             f"accuracy = exact match of the final answer under greedy decoding on {len(eval_records)} unseen "
             f"problems of the held-out formats. Mean RankTuner weight: teacher-forced on the eval set. "
             f"Wall time of this invocation: {wall:.0f} s.")
-  table = _markdown(rows, header)
+  table = _markdown(rows, header) + "\n## Noise diagnostic of the base model\n\n" + noise_table
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:

@@ -55,7 +55,8 @@ def test_bad_override_is_a_clear_error(tmp_path, timeouts, override, needle):
 @pytest.mark.slow
 def test_demo_end_to_end_small(tmp_path, timeouts):
   out = _run(timeouts, "--config=configs/demo.py", f"--workdir={tmp_path}", "--config.total_steps=2",
-             "--config.demo.pretrain_steps=2", "--config.demo.max_new_tokens=8", *TINY)
+             "--config.demo.pretrain_steps=2", "--config.demo.max_new_tokens=8", "--config.demo.noise_examples=16",
+             *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.load(open(tmp_path / "results.json"))
   assert [r["method"] for r in results["rows"]] == ["base (no fine-tuning)", "sft", "dft", "ranktuner"]
