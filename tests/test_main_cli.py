@@ -59,7 +59,10 @@ def test_demo_end_to_end_small(tmp_path, timeouts):
              *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.load(open(tmp_path / "results.json"))
-  assert [r["method"] for r in results["rows"]] == ["base (no fine-tuning)", "sft", "dft", "ranktuner"]
+  assert [r["method"] for r in results["rows"]] == ["base (no fine-tuning)", "sft", "dft", "ranktuner",
+                                                    "ranktuner_uniform"]
+  assert "Noise diagnostic of the base model" in (tmp_path / "results.md").read_text()
+  assert (tmp_path / "noise_diagnostic" / "results.json").exists()
   for r in results["rows"]:
     assert 0.0 <= r["accuracy"] <= 1.0 and r["mean_ranktuner_weight"] > 0
   assert (tmp_path / "results.md").exists() and (tmp_path / "loss_curves.png").stat().st_size > 0
