@@ -11,7 +11,8 @@ python experiments/compare_schemes.py --config=configs/compare_schemes.py --work
 3. Each run is evaluated with the harness (`rankjax.eval.harness`): n samples at temperature 1.0 of every held-out
    problem, graded by math-verify; Pass@1 = mean accuracy over samples. Greedy exact match is also reported.
 4. DIR/results.md, results.json and compare.png: per condition and method, the mean over seeds and a 95% t-interval
-   of Pass@1, greedy accuracy and the final training NLL.
+   of Pass@1, greedy accuracy and the final training NLL. The "base" row is the base model itself, sampled with
+   each seed (its interval covers sampling only).
 
 Every stage resumes: a finished run or evaluation is skipped, an interrupted one continues.
 """
@@ -66,29 +67,35 @@ def run_one(config, base_dir: str, tokenizer_path: str, method: str, seed: int, 
                "seed": seed}
   run = run_config.with_overrides(config, overrides)
   train(run, run_dir)
-  result_path = os.path.join(run_dir, "eval", "row.json")
+  row = evaluate_dir(config, run_dir, seed)
+  last = read_metrics(run_dir)[-1]
+  return {"method": method, "noise_rate": rate, **row, "final_train_nll": last["mean_nll"],
+          "final_train_loss": last["loss"]}
+
+
+def evaluate_dir(config, run_dir: str, seed: int) -> dict:
+  """Pass@1 / Pass@n (n samples at T = 1.0, sampling seed `seed`) and greedy accuracy of the run in `run_dir`
+  on the held-out problems; cached in run_dir/eval/row.json (run_dir/eval_seed<k>/ for the shared base)."""
+  eval_dir = os.path.join(run_dir, "eval" if os.path.basename(run_dir).startswith("seed") else f"eval_seed{seed}")
+  result_path = os.path.join(eval_dir, "row.json")
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       return json.load(f)
   ckpt = load_checkpoint(run_dir)
+  k = int(config.compare.eval_samples)
   eval_config = eval_settings.default_config()
-  eval_config.update({"benchmarks": "synthetic", "num_samples": int(config.compare.eval_samples),
-                      "pass_k": (1, int(config.compare.eval_samples)), "temperature": 1.0,
+  eval_config.update({"benchmarks": "synthetic", "num_samples": k, "pass_k": (1, k), "temperature": 1.0,
                       "max_new_tokens": int(config.compare.max_new_tokens), "batch_size": 256, "seed": seed,
                       "progress": False})
   formatter = harness.make_formatter(ckpt.tokenizer, "plain", ckpt.plain_template, "plain")
   problems = {"synthetic": benchmarks.load_problems(eval_settings.BenchmarkSpec("synthetic"), eval_config.data, "",
                                                     0, config.data)}
-  results = harness.run_eval(ckpt.model, ckpt.params, formatter, problems, eval_config,
-                             out_dir=os.path.join(run_dir, "eval"))
+  results = harness.run_eval(ckpt.model, ckpt.params, formatter, problems, eval_config, out_dir=eval_dir)
   records = sources.load_records(config.data, "eval")
   greedy, _ = answer_accuracy(ckpt.model, ckpt.params, stream.make_formatter(config.data, ckpt.tokenizer), records,
                               int(config.compare.max_new_tokens))
-  last = read_metrics(run_dir)[-1]
-  row = {"method": method, "seed": seed, "noise_rate": rate, "pass@1": results["benchmarks"]["synthetic"]["pass@1"],
-         f"pass@{int(config.compare.eval_samples)}":
-             results["benchmarks"]["synthetic"][f"pass@{int(config.compare.eval_samples)}"],
-         "greedy_accuracy": greedy, "final_train_nll": last["mean_nll"], "final_train_loss": last["loss"]}
+  row = {"seed": seed, "pass@1": results["benchmarks"]["synthetic"]["pass@1"],
+         f"pass@{k}": results["benchmarks"]["synthetic"][f"pass@{k}"], "greedy_accuracy": greedy}
   with open(result_path, "w", encoding="utf-8") as f:
     json.dump(row, f)
   return row
@@ -162,8 +169,12 @@ def run(config, workdir: str) -> dict:
         run_dir = os.path.join(workdir, "runs", cond, method, f"seed{seed}")
         print(f"[compare] {len(rows) + 1}/{total}: {cond} {method} seed {seed}", flush=True)
         rows.append(run_one(config, base_dir, workdir, method, seed, rate, run_dir))
+  for seed in seeds:  # the base itself, with each seed's sampling (its NLL: before any fine-tuning)
+    for rate in conds.values():
+      rows.append({"method": "base", "noise_rate": rate, **evaluate_dir(config, base_dir, seed),
+                   "final_train_nll": float("nan"), "final_train_loss": float("nan")})
   k = int(config.compare.eval_samples)
-  summary = summarize(rows, methods, conds, k)
+  summary = summarize(rows, ["base"] + methods, conds, k)
   wall = time.time() - t0
   header = (f"# Scheme comparison ({len(seeds)} seeds: {seeds})\n\nOne base ({config.compare.pretrain_steps} "
             f"pretraining steps, {100 * float(config.data.synthetic.pretrain_mix):.0f}% of them fine-tuning formats); "

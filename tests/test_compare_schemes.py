@@ -34,12 +34,12 @@ def test_compare_schemes_small(tmp_path):
   workdir = str(tmp_path)
   summary = script.run(config, workdir)
   assert set(summary) == {"clean", "noisy"}
-  assert set(summary["noisy"]) == {"sft", "ranktuner_bound_uniform"}
+  assert set(summary["noisy"]) == {"base", "sft", "ranktuner_bound_uniform"}
   for per in summary.values():
     for r in per.values():
       assert r["seeds"] == [0, 1] and 0 <= r["pass@1"][0] <= 1
   saved = json.load(open(os.path.join(workdir, "results.json")))
-  assert len(saved["rows"]) == 8 and os.path.getsize(os.path.join(workdir, "compare.png")) > 0
+  assert len(saved["rows"]) == 8 + 4 and os.path.getsize(os.path.join(workdir, "compare.png")) > 0
   # The noisy runs trained on noisy records; a relaunch reuses every finished run and evaluation.
   noisy = json.load(open(os.path.join(workdir, "runs", "noisy", "sft", "seed1", "config.json")))
   assert noisy["data"]["response_noise"] == {"rate": 0.05, "seed": 1}
