@@ -2,7 +2,7 @@
 
 python experiments/compare_schemes.py --config=configs/compare_schemes.py --workdir=workdirs/compare
 
-The model, data and optimizer of the demo (configs/demo.py); the base is pretrained with 10% fine-tuning-format
+The model, data and optimizer of the demo (configs/demo.py); the base is pretrained with 25% fine-tuning-format
 problems so that it already solves part of the held-out task. Every method of rankjax.train.methods is
 fine-tuned from it for each seed, on clean data and on data with noise words in the responses.
 """
