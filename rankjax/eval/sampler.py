@@ -71,7 +71,7 @@ class Sampler:
       ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
       axes = BATCH_AXES if self.rows % ways == 0 else None
       self._rows_sharding = NamedSharding(mesh, P(axes))
-      self._replicated = NamedSharding(mesh, P())
+      self._replicate = jax.jit(lambda x: x, out_shardings=NamedSharding(mesh, P()))  # one compile per shape
 
   def _put(self, array: np.ndarray):
     if self._rows_sharding is None:
@@ -82,8 +82,7 @@ class Sampler:
   def _fetch(self, array) -> np.ndarray:
     if self._rows_sharding is None or jax.process_count() == 1:
       return np.asarray(jax.device_get(array))
-    replicated = jax.jit(lambda x: x, out_shardings=self._replicated)(array)
-    return np.asarray(replicated.addressable_data(0))
+    return np.asarray(self._replicate(array).addressable_data(0))
 
   def generate(self, prompts: list[list[int]], keys: np.ndarray) -> list[Completion]:
     """Returns the completion of each prompt (<= rows of them), row r sampled with raw key keys[r]."""
