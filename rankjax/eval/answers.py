@@ -112,14 +112,14 @@ def _last_box(text: str) -> str | None:
   return None
 
 
-def _gsm8k(text: str) -> tuple[int, str] | None:
-  """Returns (position, the text after the last `####` up to the end of its line, stripped of whitespace and
-  a trailing period); None without `####`."""
+def _gsm8k(text: str) -> str | None:
+  """Returns the text after the last `####` up to the end of its line, stripped of whitespace and a trailing
+  period; None without `####`."""
   i = text.rfind("####")
   if i < 0:
     return None
   line = text[i + 4:].split("\n", 1)[0]
-  return i, line.strip().rstrip(".").strip()
+  return line.strip().rstrip(".").strip()
 
 
 def _strip_delimiters(answer: str) -> str:
@@ -130,8 +130,8 @@ def _strip_delimiters(answer: str) -> str:
   return answer
 
 
-def _answer_phrase(text: str) -> tuple[int, str] | None:
-  """Returns (position, x) of the last "the answer is x" / "the final answer is x" (case-insensitive), or None.
+def _answer_phrase(text: str) -> str | None:
+  """Returns x of the last "the answer is x" / "the final answer is x" (case-insensitive), or None.
 
   x runs to the end of the line or sentence (a "." followed by whitespace), with a leading ":", surrounding
   `$`/`\\(...\\)`/`**` and a trailing period removed.
@@ -151,7 +151,7 @@ def _answer_phrase(text: str) -> tuple[int, str] | None:
       break
   answer = rest.strip().lstrip(":").strip().rstrip(".").strip()
   answer = _strip_delimiters(answer).rstrip(".").strip()
-  return best, answer.strip("$").strip()
+  return answer.strip("$").strip()
 
 
 def extract_answer(completion: str) -> str | None:
@@ -171,7 +171,7 @@ def extract_answer(completion: str) -> str | None:
     for rule in (_last_box, _gsm8k, _answer_phrase):
       answer = rule(completion)
       if answer is not None:
-        return answer if isinstance(answer, str) else answer[1]
+        return answer
   except Exception:  # noqa: BLE001 -- contract: never raise on model output
     return None
   return None
