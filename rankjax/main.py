@@ -1,7 +1,12 @@
 """Launches a run: python -m rankjax.main --config=configs/NAME.py --workdir=DIR [--config.key=value ...].
 
 Relaunching with the same workdir resumes from the latest checkpoint.
+
+Exit status: 0 when the run is complete; 75 (`rankjax.train.preemption.PREEMPTED_EXIT_CODE`) when SIGTERM,
+SIGINT or a preemption notice stopped it after saving a checkpoint (relaunch to resume); 1 on an error.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -22,12 +27,17 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   config = _CONFIG.value
-  if config.job == "demo":
-    from rankjax import demo
-    demo.run(config, _WORKDIR.value)
-  else:
-    from rankjax.train.loop import train
-    train(config, _WORKDIR.value)
+  from rankjax.train import preemption
+  try:
+    if config.job == "demo":
+      from rankjax import demo
+      demo.run(config, _WORKDIR.value)
+    else:
+      from rankjax.train.loop import train
+      train(config, _WORKDIR.value)
+  except preemption.Preempted as e:
+    print(f"[rankjax] {e}", flush=True)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, directory: str | os.PathLik
   if directory is not None:
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tok.save(str(directory / TOKENIZER_FILE))
-    with open(directory / TOKENIZER_CONFIG_FILE, "w", encoding="utf-8") as f:
+    # Written under temporary names and renamed, tokenizer.json last (its presence means "trained"): a kill
+    # never leaves half a tokenizer, and hosts that train the same tokenizer at once never read a partial file.
+    suffix = f".tmp{os.getpid()}"
+    with open(directory / (TOKENIZER_CONFIG_FILE + suffix), "w", encoding="utf-8") as f:
       json.dump({**NAMED_SPECIALS, "add_bos_token": False}, f, indent=2)
+    os.replace(directory / (TOKENIZER_CONFIG_FILE + suffix), directory / TOKENIZER_CONFIG_FILE)
+    tok.save(str(directory / (TOKENIZER_FILE + suffix)))
+    os.replace(directory / (TOKENIZER_FILE + suffix), directory / TOKENIZER_FILE)
   return wrap(tok, directory)

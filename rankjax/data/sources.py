@@ -42,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
   # "": the HF checkpoint's tokenizer when init_from is one, else WORKDIR/tokenizer.json (a BPE of
   # model.vocab_size trained on the training records if absent); or a tokenizer directory / tokenizer.json.
   c.tokenizer_path = ""
-  c.shuffle_seed = 0
+  c.shuffle_seed = -1  # order of the training examples; -1: the run's `seed` (so a new seed is a new order)
   c.prompt_format = "plain"  # "plain": BOS + plain_template + response + EOS; "chat": the tokenizer's chat template
   c.plain_template = config_dict.placeholder(str)  # None: "{prompt}" (synthetic), "Question: {prompt}\nAnswer: " (files)
   c.system_prompt = ""  # "chat": system turn added to records without one

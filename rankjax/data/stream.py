@@ -30,10 +30,11 @@ def pipeline_options(config) -> pipeline.PipelineOptions:
   """The pipeline options of a run config: this host's share of data.batch_size, seq_len, packing, ..."""
   d = config.data
   n = jax.process_count()
+  shuffle_seed = int(d.shuffle_seed) if int(d.shuffle_seed) >= 0 else int(config.seed)
   if d.batch_size % n:
     raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the {n} processes")
   return pipeline.PipelineOptions(
-      seq_len=d.seq_len, rows_per_host=d.batch_size // n, shuffle_seed=d.shuffle_seed, truncation=d.truncation,
+      seq_len=d.seq_len, rows_per_host=d.batch_size // n, shuffle_seed=shuffle_seed, truncation=d.truncation,
       loss_on=d.loss_on, strict=d.strict, packing=sources.resolved(d, "packing"), packing_bins=d.packing_bins,
       prefetch=d.prefetch, num_epochs=d.num_epochs, process_index=jax.process_index(), process_count=n)
 

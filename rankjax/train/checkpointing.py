@@ -1,9 +1,15 @@
 """Orbax checkpoints in WORKDIR/checkpoints: params, optimizer state and step, saved as separate items
-so that fine-tuning can restore the parameters of another run alone."""
+so that fine-tuning can restore the parameters of another run alone.
+
+A step is written into a temporary directory (`<step>.orbax-checkpoint-tmp-*`) and renamed to `<step>` once
+every item and every process has finished: a kill or a failed write (disk full, no permission) leaves at most
+a temporary directory, which is never restored and is removed when the next run opens the manager.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import grain
 import jax
@@ -13,27 +19,72 @@ import orbax.checkpoint as ocp
 DATA_ITEM = "data_iter"
 
 
-def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+def make_manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps; checkpoints hold
-  params, optimizer state, meta and the Grain data iterator's state (one JSON per process)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+  params, optimizer state, meta and the Grain data iterator's state (one JSON per process).
+
+  With `async_writes`, `save` returns once the arrays are copied to host memory and the data iterator's state
+  is written; the files are written in a background thread while training goes on. Temporary directories
+  left by an interrupted write are removed here.
+  """
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=async_writes)
   names = ("params", "opt_state", "meta", DATA_ITEM)
   handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
                                item_names=names, item_handlers=handlers)
 
 
+def directory(manager: ocp.CheckpointManager) -> str:
+  """The checkpoints/ folder `manager` writes to."""
+  return str(manager.directory)
+
+
+def _write_error(manager, what: str, error: Exception) -> RuntimeError:
+  latest = manager.latest_step()
+  kept = (f"the last complete checkpoint, step {latest}, is intact" if latest is not None
+          else "no complete checkpoint exists yet")
+  return RuntimeError(f"{what} in {directory(manager)} failed ({type(error).__name__}: {error}); {kept}. "
+                      "Check free disk space and write permission there, then relaunch to resume.")
+
+
 def save(manager: ocp.CheckpointManager, state, extra_meta: dict | None = None, data_iterator=None) -> None:
-  """Saves `state` (a TrainState) and the data iterator's position at its step; blocks until
-  written so a crash never loses it."""
+  """Starts saving `state` (a TrainState) and the data iterator's position at its step, waiting first for the
+  previous save. Blocks until written when the manager is synchronous; otherwise call `wait` before reading
+  the files. Raises RuntimeError naming the step and the last complete checkpoint if a write fails."""
   step = int(jax.device_get(state.step))
+  if manager.latest_step() == step:  # already saved (e.g. a preemption at a checkpoint step)
+    return
   meta = {"step": step, **(extra_meta or {})}
   items = dict(params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
                meta=ocp.args.JsonSave(meta))
   if data_iterator is not None:
     items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items))
-  manager.wait_until_finished()
+  try:
+    manager.save(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # this write, or the previous (asynchronous) one, failed
+    raise _write_error(manager, f"saving the checkpoint of step {step}", e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Blocks until every started checkpoint write has been committed; RuntimeError if one failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _write_error(manager, "writing a checkpoint", e) from e
+
+
+def close(manager: ocp.CheckpointManager, raise_errors: bool = True) -> None:
+  """Waits for pending writes and closes `manager`. With raise_errors=False (another exception is already on
+  its way out) a failed write is reported on stderr instead of replacing that exception."""
+  try:
+    wait(manager)
+  except RuntimeError as e:
+    if raise_errors:
+      raise
+    print(f"[rankjax] {e}", file=sys.stderr, flush=True)
+  finally:
+    manager.close()
 
 
 def _restore(manager, step, **items):

@@ -25,7 +25,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every = 10
   c.checkpoint_every = 100
   c.keep_checkpoints = 3
-  c.seed = 0  # parameter init
+  # Checkpoint writes overlap the next steps (Orbax async): the loop waits only before the next save, before
+  # export and at exit. False: every save blocks until written.
+  c.checkpoint_async = True
+  c.seed = 0  # parameter init, and the data order unless data.shuffle_seed >= 0
   # A rankjax workdir (or its checkpoints/) whose latest params initialise this run, or a Hugging
   # Face checkpoint directory (config.json + *.safetensors): then the model architecture comes from
   # its config.json and only config.model's dtype, param_dtype, remat and attention_impl apply.

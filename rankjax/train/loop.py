@@ -18,6 +18,7 @@ from rankjax.models import flops
 from rankjax.data import stream
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
+from rankjax.train import preemption
 from rankjax.train.metrics_writer import MetricsWriter
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
 from rankjax.train.periodic_eval import PeriodicEval
@@ -30,10 +31,13 @@ def is_lead_process() -> bool:
 
 
 def write_config(config, workdir: str) -> None:
-  """Writes `config` to WORKDIR/config.json (process 0 only)."""
+  """Writes `config` to WORKDIR/config.json (process 0 only; a temporary file renamed into place, so a kill
+  never leaves half a file)."""
   if is_lead_process():
-    with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    path = os.path.join(workdir, "config.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(path + ".tmp", path)
 
 
 HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
@@ -98,7 +102,15 @@ def train(config, workdir: str) -> dict:
   Writes (process 0) WORKDIR/config.json with the resolved model config, metrics.jsonl (one row per logged
   step, `step` = completed optimizer steps), tensorboard/ and, on every process, checkpoints/. Returns the
   last logged metrics row (empty if the run was already complete).
+
+  SIGTERM or SIGINT (received by the main thread) stops the run after the current step with a checkpoint of
+  that step and raises `preemption.Preempted`; relaunching resumes there.
   """
+  with preemption.PreemptionWatch() as watch:
+    return _train_watched(config, workdir, watch)
+
+
+def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> dict:
   run_config.validate(config)
   init = models.resolve_init_from(config.init_from)
   model = build_run_model(config, init)
@@ -106,7 +118,7 @@ def train(config, workdir: str) -> dict:
   write_config(run_config.with_model(config, model.config), workdir)
   tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
   try:
-    return _train(config, workdir, model, data, init, tokenizer)
+    return _train(config, workdir, model, data, init, tokenizer, watch)
   finally:
     data.close()
 
@@ -136,18 +148,21 @@ class _NoWriter:
     pass
 
 
-def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer) -> dict:
+def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, watch) -> dict:
   lead = is_lead_process()
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+  manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
   if start >= config.total_steps:
     manager.close()
     return {}
+  if watch.requested and jax.process_count() == 1:  # a signal during start-up: no new step to save
+    manager.close()
+    raise preemption.Preempted(start, watch.reason, checkpointing.directory(manager))
 
   batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
@@ -166,6 +181,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer) 
   evaluator = PeriodicEval(config, workdir, model, tokenizer, mesh, lead)
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  finished = False
   try:
     for step in range(start, config.total_steps):
       local = data.next_batch(config.grad_accum_steps)
@@ -176,7 +192,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer) 
       evaluate = evaluator.due(done)
       log = done % config.log_every == 0 or done == config.total_steps or evaluate
       save = done % config.checkpoint_every == 0 or done == config.total_steps
-      if (log or save) and int(first_bad):  # the only host syncs: on log and checkpoint steps
+      stop = watch.should_stop(done)
+      if (log or save or stop) and int(first_bad):  # the only host syncs: on log and checkpoint steps
         bad = int(first_bad)
         raise FloatingPointError(
             f"step {bad}: the loss or gradient is not finite, and that step's update was not applied "
@@ -196,18 +213,22 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer) 
         row = writer.write(done, metrics)
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}", refresh=False)
         tokens_since, t_last = 0, time.perf_counter()
-      if save:
+      if save or stop:
         checkpointing.save(manager, state, data_iterator=data.iterator)
       bar.update(1)
+      if stop:
+        checkpointing.wait(manager)
+        raise preemption.Preempted(done, watch.reason, checkpointing.directory(manager))
     if lead and data.record_counts():
       print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
             flush=True)
+    checkpointing.wait(manager)
     if config.export_hf:
-      manager.wait_until_finished()
       models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=init.hf_dir or None)
+    finished = True
   finally:
     bar.close()
     writer.close()
-    manager.close()
     evaluator.close()
+    checkpointing.close(manager, raise_errors=finished)
   return row

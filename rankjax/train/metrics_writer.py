@@ -9,6 +9,21 @@ import os
 import numpy as np
 
 
+def _import_summary_writer():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed (2.4 s
+  of every launch, for torch.Tensor support that scalars do not need). A later `import torch` still works."""
+  import sys  # noqa: PLC0415
+  blocked = "torch" not in sys.modules
+  if blocked:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter  # noqa: PLC0415
+  finally:
+    if blocked:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsWriter:
   """Appends step metrics; on resume from step k, drops lines with step > k so each step appears once."""
 
@@ -18,16 +33,29 @@ class MetricsWriter:
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _import_summary_writer()
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def _truncate_after(self, step: int) -> None:
+    """Keeps the rows of steps <= `step`; a last line cut short by a kill is dropped. The file is replaced by
+    rename, so a kill here loses nothing."""
     if not os.path.exists(self.path):
       return
-    with open(self.path, encoding="utf-8") as f:
-      rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-    with open(self.path, "w", encoding="utf-8") as f:
+    with open(self.path, encoding="utf-8", errors="replace") as f:
+      lines = [line for line in f if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        if i == len(lines) - 1:  # a torn final write
+          break
+        raise ValueError(f"{self.path}, line {i + 1}: not a JSON object ({e}); move the file aside to resume") from e
+      if row.get("step", 0) <= step:
+        rows.append(line if line.endswith("\n") else line + "\n")
+    with open(self.path + ".tmp", "w", encoding="utf-8") as f:
       f.writelines(rows)
+    os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict) -> dict:
     """Writes `metrics` (scalars) for `step`; returns the row as written."""
