@@ -127,6 +127,15 @@ def _checkpoints_dir(checkpoint_dir: str) -> str:
   return os.path.join(checkpoint_dir, "checkpoints")
 
 
+def committed_steps(checkpoint_dir: str) -> list[int]:
+  """The steps with a committed (renamed into place) checkpoint in a run's workdir or checkpoints/, read from the
+  directory listing alone: no CheckpointManager, so no cross-process barrier (safe when a process is dead)."""
+  directory = _checkpoints_dir(checkpoint_dir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
 def latest_step(checkpoint_dir: str) -> int | None:
   """The step of the latest finished checkpoint of a run (its workdir or checkpoints/), None when none."""
   directory = _checkpoints_dir(checkpoint_dir)
