@@ -17,6 +17,17 @@ from rankjax.data.hf_tokenizer import HFTokenizer, prompt_and_response_ids
 PROMPT_FORMATS = ("plain", "chat")
 
 
+def record_location(record: dict) -> str:
+  """Returns where a record comes from, for messages: "train.jsonl line 4" (a JSONL file's `source_index` is the
+  0-based line number), "train.parquet row 3", "synthetic/finetune record 5"."""
+  source_file, index = str(record.get("source_file", "?")), record.get("source_index", "?")
+  if isinstance(index, int) and source_file.endswith(".jsonl"):
+    return f"{source_file} line {index + 1}"
+  if source_file.endswith(".parquet"):
+    return f"{source_file} row {index}"
+  return f"{source_file} record {index}"
+
+
 class SkipExample(Exception):
   """A record that cannot become a training example; `reason` is the counted reason code."""
 
@@ -88,17 +99,28 @@ class Formatter:
     if prompt_format == "plain" and tokenizer.eos_id is None:
       raise ValueError("data: the plain prompt format needs a tokenizer with an EOS token")
     if prompt_format == "chat" and not tokenizer.chat_template:
-      raise ValueError("data: prompt_format='chat' needs a tokenizer with a chat template "
-                       "(tokenizer_config.json or chat_template.jinja)")
+      where = tokenizer.path if tokenizer.path is not None else "the tokenizer"
+      raise ValueError(f"data: prompt_format='chat' needs a tokenizer with a chat template, and {where} has none "
+                       "(no chat_template in tokenizer_config.json and no chat_template.jinja); use "
+                       "data.prompt_format='plain' or a tokenizer that has one (data.tokenizer_path / init_from)")
     if prompt_format == "plain" and "{prompt}" not in plain_template:
       raise ValueError(f"data config: plain_template={plain_template!r} has no {{prompt}} field")
     self.tokenizer, self.prompt_format = tokenizer, prompt_format
     self.plain_template, self.system_prompt = plain_template, system_prompt
 
-  def __call__(self, record: dict) -> tuple[list[int], list[int]]:
+  def __call__(self, record: dict, char_limit: int | None = None,
+               cut: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of `record`. With `char_limit`, a text too long to tokenize is never tokenized
+    whole: a prompt of more characters raises SkipExample("too_long"), and so does a longer prompt + response
+    unless `cut`, which keeps the response's first `char_limit` characters (the caller truncates the ids)."""
     if record.get("error"):
       raise SkipExample(record["error"])
     context, response = record_messages(record, self.system_prompt)
+    if char_limit is not None:
+      prompt_chars = sum(len(turn["content"]) for turn in context)
+      if prompt_chars > char_limit or (prompt_chars + len(response) > char_limit and not cut):
+        raise SkipExample("too_long")
+      response = response[:char_limit]
     if self.prompt_format == "chat":
       return prompt_and_response_ids(self.tokenizer, context, response)
     return self._plain_prompt(context), self.tokenizer.encode(response) + [self.tokenizer.eos_id]

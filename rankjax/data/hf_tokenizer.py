@@ -145,6 +145,13 @@ class HFTokenizer:
     """Returns the number of token ids, added tokens included (a model's embedding table may be larger)."""
     return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+  @functools.cached_property
+  def max_token_chars(self) -> int:
+    """Returns the length of the longest vocabulary entry (added tokens included), in the characters of its stored
+    form: no token covers more characters of a text (a byte-level entry has one character per byte), so a text of
+    n characters has at least n / max_token_chars tokens."""
+    return max((len(token) for token in self.tokenizer.get_vocab(with_added_tokens=True)), default=1) or 1
+
   @property
   def bos_token(self) -> str | None:
     return self.special_tokens.get("bos_token")
@@ -202,8 +209,13 @@ class HFTokenizer:
       raise ValueError("cannot apply a chat template to an empty conversation")
     messages = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
     variables = {**self.special_tokens, **kwargs}
-    text = compile_chat_template(self._template(tools)).render(
-      messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt, **variables)
+    import jinja2.sandbox  # compile_chat_template imported it already
+    try:
+      text = compile_chat_template(self._template(tools)).render(
+        messages=messages, tools=tools, documents=documents, add_generation_prompt=add_generation_prompt, **variables)
+    except jinja2.sandbox.SecurityError as e:  # the sandbox refused an attribute or call: name the template's source
+      raise jinja2.sandbox.SecurityError(f"the chat template of {self._where()} tried an operation its sandbox refuses "
+                                         f"({e}); templates render in jinja2's ImmutableSandboxedEnvironment") from e
     return self.encode(text) if tokenize else text
 
 

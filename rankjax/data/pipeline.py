@@ -21,7 +21,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from rankjax.data.formatting import Formatter, SkipExample
+from rankjax.data.formatting import Formatter, SkipExample, record_location
 
 TRUNCATION = ("drop", "truncate")
 LOSS_ON = ("response", "all")
@@ -58,29 +58,35 @@ class PipelineOptions:
 
 class TokenizeRecord(grain.transforms.Map):
   """record -> {"inputs", "targets", "loss_mask"} (1-D, length n - 1 for an n-token example), or
-  {"skip": reason, "where": "file:index"} for a record that cannot be used."""
+  {"skip": reason, "where": "file:index", "location": "file line n"} for a record that cannot be used.
+
+  A record of more than `char_limit` characters (twice what seq_len + 1 tokens of the tokenizer's longest entry
+  can cover) is never tokenized whole: it is too long ("drop"), or its response is cut to that many characters
+  before tokenizing ("truncate"), so a huge record (megabytes) costs no more than a long one.
+  """
 
   def __init__(self, formatter: Formatter, options: PipelineOptions):
     self.formatter, self.options = formatter, options
+    self.char_limit = 2 * (options.seq_len + 1) * formatter.tokenizer.max_token_chars
 
   def map(self, record: dict) -> dict:
     where = f"{record.get('source_file', '?')}:{record.get('source_index', '?')}"
     try:
-      prompt, response = self.formatter(record)
+      prompt, response = self.formatter(record, char_limit=self.char_limit, cut=self.options.truncation == "truncate")
     except SkipExample as e:
-      return {"skip": e.reason, "where": where}
+      return {"skip": e.reason, "where": where, "location": record_location(record)}
     ids = prompt + response
     supervised = [self.options.loss_on == "all"] * len(prompt) + [True] * len(response)
     width = self.options.seq_len + 1  # n tokens give n - 1 (input, target) pairs
     truncated = False
     if len(ids) > width:
       if self.options.truncation == "drop" or len(prompt) >= width:
-        return {"skip": "too_long", "where": where}
+        return {"skip": "too_long", "where": where, "location": record_location(record)}
       ids, supervised, truncated = ids[:width], supervised[:width], True
     out = {"inputs": np.asarray(ids[:-1], np.int32), "targets": np.asarray(ids[1:], np.int32),
            "loss_mask": np.asarray(supervised[1:], np.float32)}
     if not out["loss_mask"].any():
-      return {"skip": "no_supervised_token", "where": where}
+      return {"skip": "no_supervised_token", "where": where, "location": record_location(record)}
     if truncated:
       out["truncated"] = True
     return out
@@ -100,7 +106,7 @@ class _CountingIterator(grain.DatasetIterator):
       if "skip" in element:
         if self._strict:
           raise ValueError(f"data: record {element['where']} cannot be used: {element['skip']} "
-                           "(data.strict=True; set it False to count and skip such records)")
+                           f"({element['location']}; data.strict=True; set it False to count and skip such records)")
         self.counts[element["skip"]] += 1
         continue
       self.counts["used"] += 1
@@ -205,9 +211,13 @@ class SFTPipeline:
 
 def check_supervised(records, formatter: Formatter, options: PipelineOptions, limit: int | None = None) -> dict:
   """Scans records (all, or the first `limit`) until one yields a supervised token; raises
-  ValueError with the per-reason counts if none does. Returns the counts seen."""
+  ValueError with the per-reason counts and the first record of each reason if none does (or if there are no
+  records). Returns the counts seen."""
+  if len(records) == 0:
+    raise ValueError(f"data: the dataset has no records ({records!r} is empty)" if hasattr(records, "prepared_dir")
+                     else "data: the dataset has no records")
   tokenize = TokenizeRecord(formatter, dataclasses.replace(options, strict=False))
-  counts = collections.Counter()
+  counts, first = collections.Counter(), {}
   n = len(records) if limit is None else min(limit, len(records))
   for i in range(n):
     element = tokenize.map(records[i])
@@ -215,8 +225,10 @@ def check_supervised(records, formatter: Formatter, options: PipelineOptions, li
       counts["used"] += 1
       return dict(counts)
     counts[element["skip"]] += 1
-  raise ValueError(f"data: no record yields a supervised token ({n} scanned; by reason: {dict(counts)}). "
-                   "Check the field mapping, loss_on, seq_len and truncation.")
+    first.setdefault(element["skip"], element["location"])
+  firsts = "; ".join(f"{reason} first at {location}" for reason, location in first.items())
+  raise ValueError(f"data: no record yields a supervised token ({n} scanned; by reason: {dict(counts)}; {firsts}). "
+                   "Check the field mapping (data.jsonl.*), loss_on, seq_len and truncation.")
 
 
 def example_batch(records, formatter: Formatter, seq_len: int, strict: bool = True) -> dict:

@@ -84,6 +84,13 @@ def validate_config(config) -> None:
   if config.source != "synthetic" and not config.files.manual_dir:
     raise ValueError(f"config.data.source={config.source!r} needs config.data.files.manual_dir (the directory of "
                      "its files)")
+  for field, allowed in (("truncation", ("drop", "truncate")), ("loss_on", ("response", "all")),
+                         ("prompt_format", ("plain", "chat"))):
+    if config[field] not in allowed:
+      raise ValueError(f"config.data.{field}={config[field]!r} is not one of {allowed}")
+  for field, least in (("seq_len", 2), ("batch_size", 1), ("packing_bins", 1), ("prefetch", 0), ("num_epochs", 0)):
+    if int(config[field]) < least:
+      raise ValueError(f"config.data.{field}={config[field]} must be >= {least}")
   if not 0.0 <= float(config.response_noise.rate) <= 0.5:
     raise ValueError(f"config.data.response_noise.rate={config.response_noise.rate} must lie in [0, 0.5]")
   defaults, used = default_config(), _groups_for(config.source)
@@ -132,16 +139,22 @@ def load_records(config, split: str | None = None):
                                    os.path.expanduser(config.files.tfds_data_dir) or None, **kwargs)
 
 
+# A new BPE learns from at most this many characters of each example: the trainer's time grows with the square of
+# a whitespace-free run's length (a 10 MB record would take hours), and merges are learnt well from the start.
+MAX_TOKENIZER_TEXT_CHARS = 16384
+
+
 def tokenizer_texts(config, records=None):
   """Yields the texts a new BPE is trained on: every training example, never an evaluation one (synthetic:
   the pretraining and fine-tuning splits, so that both stages of the demo share one tokenizer; files: the
-  run's records)."""
+  run's records), each cut to its first MAX_TOKENIZER_TEXT_CHARS characters."""
   if config.source == "synthetic":
     splits = synthetic_splits(config)
     for name in ("pretrain", "finetune"):
       for ex in splits[name]:
-        yield ex.prompt + ex.response
+        yield (ex.prompt + ex.response)[:MAX_TOKENIZER_TEXT_CHARS]
     return
   records = load_records(config) if records is None else records
   for i in range(len(records)):
-    yield str(records[i]["prompt"]) + str(records[i]["response"])
+    prompt = str(records[i]["prompt"])[:MAX_TOKENIZER_TEXT_CHARS]
+    yield prompt + str(records[i]["response"])[:MAX_TOKENIZER_TEXT_CHARS - len(prompt)]

@@ -6,10 +6,14 @@ records (`sources.load_records`) -> `formatting.Formatter` -> `pipeline.SFTPipel
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import jax
 
 from rankjax.data import formatting, pipeline, response_noise, sources
 from rankjax.data.hf_tokenizer import HFTokenizer
+from rankjax.data.bpe import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from rankjax.data.tokenizer import resolve_tokenizer
 
 
@@ -42,11 +46,19 @@ def pipeline_options(config) -> pipeline.PipelineOptions:
 def make_pipeline(config, workdir: str, vocab_size: int, hf_dir: str = ""):
   """Returns (tokenizer, SFTPipeline) of a run config; raises before training if no record is usable."""
   records = sources.load_records(config.data)
+  trained_here = not (config.data.tokenizer_path or hf_dir or os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)))
   tokenizer = run_tokenizer(config, workdir, vocab_size, hf_dir, records)  # trained on the clean texts
   if float(config.data.response_noise.rate) > 0:
     records = response_noise.NoisyRecords(records, float(config.data.response_noise.rate),
                                           int(config.data.response_noise.seed))
   formatter = make_formatter(config.data, tokenizer)
   options = pipeline_options(config)
-  pipeline.check_supervised(records, formatter, options)
+  try:
+    pipeline.check_supervised(records, formatter, options)
+  except ValueError:
+    if trained_here:  # a tokenizer learnt from unusable records must not be reused by the fixed relaunch
+      for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(os.path.join(workdir, name))
+    raise
   return tokenizer, pipeline.SFTPipeline(records, formatter, options)

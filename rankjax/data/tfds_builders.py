@@ -18,6 +18,7 @@ reason (or raise naming `source_file` / `source_index` in strict mode). Reason c
 
   invalid_json             a JSONL line that does not parse (or is not a JSON object), or a messages string
                            that does not parse
+  invalid_utf8             a JSONL line whose bytes are not UTF-8
   missing_field:<name>     the field is absent or null
   non_string:<name>        the field is not a string (a number where a number is expected is fine)
   empty_response           the response (or final assistant turn) is empty or whitespace
@@ -25,7 +26,9 @@ reason (or raise naming `source_file` / `source_index` in strict mode). Reason c
   no_assistant_turn        the last message is not the assistant's
   no_answer                (math_eval only) no gold answer could be found
 
-Over-length is decided later by the tokenizer pipeline. Builders:
+Preparing logs a warning naming the file and line (JSONL; row for Parquet) of the first bad records of each
+reason, and a file with no record at all is an error naming it. Over-length is decided later by the tokenizer
+pipeline. Builders:
 
   sft_jsonl         generic `<split>.jsonl` / `<split>.parquet` files (or shards `<split>-*.jsonl|parquet`)
                     with a field mapping (`SftConfig`: prompt_field / response_field, or messages_field);
@@ -60,6 +63,8 @@ import tensorflow_datasets as tfds
 from absl import logging
 from tensorflow_datasets.core.utils import gcs_utils
 
+from rankjax.data.formatting import record_location
+
 # Never reach Google Cloud Storage for dataset files or metadata (the default in recent TFDS; made explicit).
 gcs_utils._is_gcs_disabled = True
 
@@ -71,10 +76,13 @@ _PARQUET_BATCH = 1024
 
 
 class _Invalid:
-  """Stands for a JSONL line that is not a JSON object."""
+  """Stands for a JSONL line that is not a JSON object (`reason` invalid_json) or not UTF-8 (invalid_utf8)."""
+
+  def __init__(self, reason: str = "invalid_json", detail: str = ""):
+    self.reason, self.detail = reason, detail
 
 
-_INVALID = _Invalid()
+_WARN_PER_REASON = 3  # bad records named in the log per reason and split while preparing
 
 
 class BadRecord(Exception):
@@ -179,8 +187,8 @@ def check_messages(value: Any) -> tuple[str, str, str, str]:
 
 
 def read_records(path: pathlib.Path) -> Iterator[tuple[int, dict | _Invalid]]:
-  """Yields (0-based index, raw record) of a .jsonl (index = line number; blank lines skipped; a line that
-  is not a JSON object gives `_INVALID`) or .parquet (index = row number) file."""
+  """Yields (0-based index, raw record) of a .jsonl (index = line number - 1; blank lines skipped; a line that
+  is not a JSON object, or not UTF-8, gives an `_Invalid`) or .parquet (index = row number) file."""
   if path.suffix == ".parquet":
     import pyarrow.parquet as pq  # only Parquet sources need it
     index = 0
@@ -194,10 +202,25 @@ def read_records(path: pathlib.Path) -> Iterator[tuple[int, dict | _Invalid]]:
       if not line.strip():
         continue
       try:
-        raw = json.loads(line.decode("utf-8"))
-      except (UnicodeDecodeError, json.JSONDecodeError):
-        raw = _INVALID
-      yield index, raw if isinstance(raw, dict) else _INVALID
+        text = line.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield index, _Invalid("invalid_utf8", f"byte 0x{line[e.start]:02x} at column {e.start + 1} is not UTF-8")
+        continue
+      try:
+        raw = json.loads(text)
+      except json.JSONDecodeError as e:
+        yield index, _Invalid("invalid_json", f"{e.msg} at column {e.colno}")
+        continue
+      yield index, raw if isinstance(raw, dict) else _Invalid("invalid_json", "not a JSON object")
+
+
+def has_records(path: pathlib.Path) -> bool:
+  """Whether a data file holds at least one record (a non-blank JSONL line, a Parquet row); reads no further."""
+  if path.suffix == ".parquet":
+    import pyarrow.parquet as pq  # only Parquet sources need it
+    return pq.ParquetFile(path).metadata.num_rows > 0
+  with open(path, "rb") as f:
+    return any(line.strip() for line in f)
 
 
 def _file_digest(path: pathlib.Path) -> str:
@@ -289,19 +312,32 @@ class _LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     return {split: self._generate_examples(paths) for split, paths in files.items()}
 
   def _generate_examples(self, paths: list[pathlib.Path]):
-    """Yields (int key in file order, canonical example) for every record of `paths`."""
+    """Yields (int key in file order, canonical example) for every record of `paths`; logs the first bad records
+    of each reason (file and line) and a count of all of them."""
     key = 0
+    bad: collections.Counter = collections.Counter()
     for path in paths:
       for index, raw in read_records(path):
-        yield key, self._example(raw, path.name, index)
+        example = self._example(raw, path.name, index)
+        if example["error"]:
+          bad[example["error"]] += 1
+          if bad[example["error"]] <= _WARN_PER_REASON:
+            detail = f" ({raw.detail})" if isinstance(raw, _Invalid) and raw.detail else ""
+            logging.warning("%s: %s: bad record, %s%s; it is kept marked %r, and the data pipeline counts and skips "
+                            "it (data.strict=True raises on it)", self.name, record_location(example),
+                            example["error"], detail, example["error"])
+        yield key, example
         key += 1
+    if bad:
+      logging.warning("%s: %d bad record(s) in %s, by reason: %s", self.name, sum(bad.values()),
+                      ", ".join(p.name for p in paths), dict(bad))
 
   def _example(self, raw: dict | _Invalid, source_file: str, index: int) -> dict:
     """Returns the canonical example of one raw record (errors recorded, never raised)."""
     example = {name: "" for name in TEXT_FIELDS + self.EXTRA_FEATURES}
     example.update(source_file=source_file, source_index=index)
     if isinstance(raw, _Invalid):
-      example["error"] = "invalid_json"
+      example["error"] = raw.reason
       return example
     fields = _Fields(raw)
     try:
@@ -555,7 +591,11 @@ def prepare(builder: _LocalFilesBuilder, manual_dir: str) -> _LocalFilesBuilder:
     shutil.rmtree(builder.data_path)
     builder = type(builder)(config=builder.builder_config, data_dir=builder.data_dir_root,
                             file_format="array_record")
-  builder.split_files(manual)  # FileNotFoundError naming the path before TFDS's own checks
+  for split, paths in builder.split_files(manual).items():  # FileNotFoundError naming the path before TFDS's checks
+    if not any(has_records(p) for p in paths):  # TFDS would fail with "No examples were yielded"
+      raise ValueError(f"{builder.name}: split {split!r} has no records: {', '.join(map(str, paths))} "
+                       f"{'is' if len(paths) == 1 else 'are'} empty (blank lines are not records); nothing was "
+                       "prepared")
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual), try_download_gcs=False),
       file_format="array_record")

@@ -84,6 +84,45 @@ def resolve_init_from(path: str) -> InitFrom:
                           f"nor a rankjax workdir (a directory with checkpoints/)")
 
 
+# Model fields that decide the parameters' shapes: an init_from workdir must have been trained with the same.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "mlp_dim",
+                "tie_embeddings", "qkv_bias", "out_bias", "qk_norm")
+
+
+def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> None:
+  """Raises ValueError naming the fields when `init_from` is a rankjax workdir whose config.json records a model with
+  other parameter shapes than model config `config` (restoring would fail deep in Orbax). Does nothing for an HF
+  checkpoint (it brings its own architecture), a workdir without config.json yet, or an unreadable one (the
+  restore then names the checkpoint). resuming=True: `init_from` is the run's own workdir, about to be resumed."""
+  if not init_from:
+    return
+  path = os.path.normpath(os.path.expanduser(init_from))
+  workdir = os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
+  run_file = os.path.join(workdir, "config.json")
+  if not (os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isfile(run_file)):
+    return
+  try:
+    with open(run_file, encoding="utf-8") as f:
+      trained = json.load(f).get("model")
+  except (OSError, ValueError, AttributeError):
+    return
+  if not isinstance(trained, dict):
+    return
+  mine = {field: config[field] for field in SHAPE_FIELDS}
+  mine["head_dim"] = model_config.head_dim(config)
+  theirs = {field: trained[field] for field in SHAPE_FIELDS if field in trained}
+  if {"hidden_size", "num_heads"} <= set(trained):
+    theirs["head_dim"] = int(trained.get("head_dim") or 0) or int(trained["hidden_size"]) // int(trained["num_heads"])
+  differ = [f for f, v in theirs.items() if v != mine[f]]
+  if differ:
+    details = ", ".join(f"model.{f}={theirs[f]!r} there, {mine[f]!r} here" for f in differ)
+    if resuming:
+      raise ValueError(f"workdir {workdir} holds checkpoints of a model with other parameter shapes ({details}; "
+                       f"from {run_file}): use a new --workdir, or set config.model to those sizes to resume")
+    raise ValueError(f"init_from: {init_from} was trained with other parameter shapes ({details}; from {run_file}); "
+                     "set config.model to the sizes of that run")
+
+
 def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides) -> Transformer:
   """The rankjax model of checkpoint `path`'s config.json, in compute dtype `dtype` and params in
   `param_dtype` (default: `dtype`); `overrides` set further model fields (remat, attention_impl, ...)."""

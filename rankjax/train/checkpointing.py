@@ -35,6 +35,18 @@ def make_manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.
                                item_names=names, item_handlers=handlers)
 
 
+def check_writable(manager: ocp.CheckpointManager) -> None:
+  """Raises PermissionError naming the folder if this process cannot create files in the checkpoints folder, so
+  that a run finds out before its first step rather than at its first save."""
+  import tempfile  # noqa: PLC0415
+  try:
+    with tempfile.NamedTemporaryFile(dir=directory(manager), prefix=".write-probe-"):
+      pass
+  except OSError as e:
+    raise PermissionError(f"cannot write checkpoints to {directory(manager)} ({type(e).__name__}: {e}); fix its "
+                          "permissions or choose another --workdir. Nothing was trained.") from e
+
+
 def directory(manager: ocp.CheckpointManager) -> str:
   """The checkpoints/ folder `manager` writes to."""
   return str(manager.directory)
@@ -151,9 +163,9 @@ def restore_params(checkpoint_dir: str, like_params):
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
                             f"*.safetensors) nor a rankjax workdir (no checkpoint directory at {directory})")
-  manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta"))
-  step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"init_from: {directory} holds no finished checkpoint")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)
-  return _restore(manager, step, params=ocp.args.StandardRestore(abstract))["params"]
+  with ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta")) as manager:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"init_from: {directory} holds no finished checkpoint")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like_params)
+    return _restore(manager, step, params=ocp.args.StandardRestore(abstract))["params"]

@@ -81,6 +81,25 @@ def validate(config) -> None:
   if config.data.batch_size % config.grad_accum_steps:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
                      f"config.grad_accum_steps={config.grad_accum_steps}")
+  import math
+
+  import jax
+  opt = config.optimizer
+  if not (math.isfinite(float(opt.learning_rate)) and float(opt.learning_rate) > 0):
+    raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be a positive number (the peak of "
+                     "the warmup-cosine schedule)")
+  for field, closed in (("warmup_fraction", True), ("end_lr_fraction", True), ("b1", False), ("b2", False)):
+    value = float(opt[field])
+    if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
+      raise ValueError(f"config.optimizer.{field}={opt[field]} must lie in [0, 1{']' if closed else ')'}")
+  if not float(opt.eps) > 0:
+    raise ValueError(f"config.optimizer.eps={opt.eps} must be > 0")
+  for field in ("weight_decay", "clip_norm"):
+    if not float(opt[field]) >= 0:
+      raise ValueError(f"config.optimizer.{field}={opt[field]} must be >= 0")
+  # The mesh and an init_from workdir's parameter shapes: named here, before the workdir is written.
+  models.check_mesh_sizes({axis: config.mesh[axis] for axis in models.MESH_AXES}, jax.device_count())
+  models.check_init_from_workdir(config.init_from, config.model)
 
 
 def load_config_file(path: str):
@@ -110,10 +129,15 @@ def with_overrides(config, overrides: dict):
     node = c
     *parents, leaf = key.split(".")
     for p in parents:
+      if not hasattr(node, "keys") or p not in node:
+        raise KeyError(f"config has no field {key!r} (no group {p!r})")
       node = node[p]
     if leaf not in node:
       raise KeyError(f"config has no field {key!r}")
-    node[leaf] = value
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise TypeError(f"config.{key}={value!r}: {e}") from e
   return c
 
 

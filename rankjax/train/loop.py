@@ -114,6 +114,7 @@ def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> d
   run_config.validate(config)
   init = models.resolve_init_from(config.init_from)
   model = build_run_model(config, init)
+  models.check_init_from_workdir(workdir, model.config, resuming=True)  # before config.json is replaced
   os.makedirs(workdir, exist_ok=True)
   write_config(run_config.with_model(config, model.config), workdir)
   tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
@@ -154,6 +155,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   state = create_state(config, model, mesh, init)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)
+  checkpointing.check_writable(manager)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
