@@ -7,7 +7,7 @@ keeping 2 steps. "sync" blocks until the files are written; "async" returns once
 memory, and the next save first waits for the previous one (so with a checkpoint every step the write can hide
 behind at most one step).
 
-  python benchmarks/checkpoint_bench.py [--models demo,100m] [--steps 6] [--repeats 3]
+  python benchmarks/checkpoint_bench.py [--models demo,100m] [--steps 6] [--repeats 3] [--every 1]
 """
 
 from __future__ import annotations
@@ -49,16 +49,17 @@ def _batch(config, rng):
           "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (1, b, t)).copy()}
 
 
-def _run(mode, state, step_fn, batch, steps, root):
-  """Seconds per step over `steps` steps with a checkpoint after each (none: without); returns (s/step, state)."""
+def _run(mode, state, step_fn, batch, steps, root, every=1):
+  """Seconds per step over `steps` steps with a checkpoint every `every` steps (none: without); returns
+  (s/step, state)."""
   manager = None
   if mode != "none":
     directory = tempfile.mkdtemp(dir=root)
     manager = checkpointing.make_manager(directory, keep=2, async_writes=mode == "async")
   start = time.perf_counter()
-  for _ in range(steps):
+  for i in range(steps):
     state, metrics = step_fn(state, jax.device_put(batch))
-    if manager is not None:
+    if manager is not None and (i + 1) % every == 0:
       checkpointing.save(manager, state)  # reads state.step: a host sync, as in the loop's save steps
   jax.block_until_ready(metrics["loss"])
   elapsed = (time.perf_counter() - start) / steps
@@ -68,7 +69,7 @@ def _run(mode, state, step_fn, batch, steps, root):
   return elapsed, state
 
 
-def bench_model(name, steps, repeats, root):
+def bench_model(name, steps, repeats, root, every=1):
   config = with_overrides(load_config_file("configs/demo.py"), MODELS[name])
   model = models.build_model(config.model)
   params = models.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
@@ -84,11 +85,12 @@ def bench_model(name, steps, repeats, root):
   times = {m: [] for m in MODES}
   for _ in range(repeats):
     for mode in MODES:
-      t, state = _run(mode, state, step_fn, batch, steps, root)
+      t, state = _run(mode, state, step_fn, batch, steps, root, every)
       times[mode].append(t)
   med = {m: statistics.median(v) for m, v in times.items()}
   print(f"\n{name}: {n_params:,} params, checkpoint {mb:,.0f} MiB (params + AdamW), batch "
-        f"{config.data.batch_size} x {config.data.seq_len}; median of {repeats} alternating repeats of {steps} steps")
+        f"{config.data.batch_size} x {config.data.seq_len}; a checkpoint every {every} step(s); median of {repeats} "
+        f"alternating repeats of {steps} steps")
   print(f"{'mode':<8}{'s/step':>10}{'vs none':>10}{'ckpt cost/step':>16}")
   for mode in MODES:
     print(f"{mode:<8}{med[mode]:>10.3f}{med[mode] / med['none']:>10.2f}{med[mode] - med['none']:>15.3f}s")
@@ -100,12 +102,13 @@ def main():
   parser.add_argument("--models", default="demo,100m")
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--every", type=int, default=1, help="checkpoint interval in steps")
   parser.add_argument("--dir", default="", help="where checkpoints are written (default: a temporary directory)")
   args = parser.parse_args()
   root = args.dir or tempfile.mkdtemp(prefix="checkpoint_bench")
   print(f"jax {jax.__version__}, devices={jax.device_count()} ({jax.devices()[0].platform}), writing to {root}")
   for name in args.models.split(","):
-    bench_model(name, args.steps, args.repeats, root)
+    bench_model(name, args.steps, args.repeats, root, args.every)
 
 
 if __name__ == "__main__":
