@@ -67,12 +67,17 @@ class TokenizeRecord(grain.transforms.Map):
 
   def __init__(self, formatter: Formatter, options: PipelineOptions):
     self.formatter, self.options = formatter, options
-    self.char_limit = 2 * (options.seq_len + 1) * formatter.tokenizer.max_token_chars
+    tokenizer = getattr(formatter, "tokenizer", None)  # None: a plain callable record -> (prompt ids, response ids)
+    self.char_limit = 2 * (options.seq_len + 1) * tokenizer.max_token_chars if tokenizer is not None else None
 
   def map(self, record: dict) -> dict:
     where = f"{record.get('source_file', '?')}:{record.get('source_index', '?')}"
     try:
-      prompt, response = self.formatter(record, char_limit=self.char_limit, cut=self.options.truncation == "truncate")
+      if self.char_limit is None:
+        prompt, response = self.formatter(record)
+      else:
+        prompt, response = self.formatter(record, char_limit=self.char_limit,
+                                          cut=self.options.truncation == "truncate")
     except SkipExample as e:
       return {"skip": e.reason, "where": where, "location": record_location(record)}
     ids = prompt + response
