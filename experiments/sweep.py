@@ -1,13 +1,15 @@
-"""Runs a sweep: one training run per entry of a sweep file, each in WORKDIR/<name>, sequentially.
+"""Runs a sweep in this process: one training run per entry of a get_sweep(), each in WORKDIR/<name>, one after
+another (`python -m rankjax.launch local` does the same with one process per run, or N at a time).
 
-  python experiments/sweep.py --config=configs/synthetic_sft.py --sweep=experiments/sweeps/schemes.py \
-      --workdir=workdirs/schemes [--config.total_steps=300 ...]
+  python experiments/sweep.py --config=configs/synthetic_sft.py --workdir=workdirs/sweep \
+      [--sweep=experiments/sweeps/schemes.py] [--config.total_steps=300 ...]
 
-A sweep file defines get_sweep() -> list of (name, {dotted.key: value}) overrides on top of the
-config (and of any --config.* flags). Relaunching resumes every run; finished runs are skipped.
+The runs are the config file's get_sweep() (see rankjax/sweeps.py), or --sweep's: a Python file whose
+get_sweep() returns override dicts or (name, {dotted.key: value}) pairs, applied on top of the config and of any
+--config.* flags. Every run is validated before the first one starts (a typo names the key and the file).
+Relaunching resumes every unfinished run; finished runs are skipped.
 """
 
-import importlib.util
 import os
 import sys
 
@@ -16,32 +18,29 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from rankjax import sweeps  # noqa: E402
 from rankjax.train.config import with_overrides  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file.", lock_config=True)
-_SWEEP = flags.DEFINE_string("sweep", None, "Python file with get_sweep().")
+_SWEEP = flags.DEFINE_string("sweep", None, "Python file with get_sweep() (default: the config file's).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs.")
-flags.mark_flags_as_required(["config", "sweep", "workdir"])
-
-
-def load_sweep(path: str):
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"sweep file not found: {path}")
-  spec = importlib.util.spec_from_file_location("sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_sweep()
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  runs = load_sweep(_SWEEP.value)
-  configs = [(name, with_overrides(_CONFIG.value, overrides)) for name, overrides in runs]  # typos fail here
+  config_path = config_flags.get_config_filename(flags.FLAGS["config"])
+  runs = sweeps.load_sweep(config_path, _SWEEP.value)  # typos fail here, naming the key and the file
+  configs = [(name, with_overrides(_CONFIG.value, overrides)) for name, overrides in runs]
   for name, config in configs:
+    workdir = os.path.join(_WORKDIR.value, name)
+    if sweeps.is_finished(workdir, config.total_steps):
+      print(f"[sweep] {name}: finished, skipped", flush=True)
+      continue
     print(f"[sweep] {name}", flush=True)
-    train(config, os.path.join(_WORKDIR.value, name))
+    train(config, workdir)
 
 
 if __name__ == "__main__":

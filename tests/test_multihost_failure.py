@@ -79,7 +79,9 @@ def _relaunch_completes(workdir, limit):
   assert fi.temporary_checkpoints(workdir) == []
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, timeouts):
+def test_sigterm_to_one_process_stops_both_then_a_dead_process_stops_the_other(tmp_path, timeouts):
+  """One run, two faults: SIGTERM to process 1 stops both at the same step with a checkpoint (status 75); after a
+  relaunch, SIGKILL of process 1 makes process 0 exit within the bound; a last relaunch finishes the run."""
   workdir = str(tmp_path / "run")
   procs = _start(workdir)
   _wait_for(lambda: fi.logged_steps(workdir) >= 3, procs, _limit(timeouts), "waiting for 3 logged steps")
@@ -89,13 +91,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, timeouts):
   assert codes == [preemption.PREEMPTED_EXIT_CODE] * 2, logs[0][-3000:] + logs[1][-3000:]
   stopped = [int(re.findall(r"stopped after step (\d+)", log)[-1]) for log in logs]
   assert stopped[0] == stopped[1] == fi.latest_checkpoint(workdir), stopped
-  _relaunch_completes(workdir, _limit(timeouts))
 
-
-def test_a_dead_process_stops_the_other_within_the_bound(tmp_path, timeouts):
-  workdir = str(tmp_path / "run")
   procs = _start(workdir)
-  _wait_for(lambda: fi.logged_steps(workdir) >= 3, procs, _limit(timeouts), "waiting for 3 logged steps")
+  _wait_for(lambda: fi.logged_steps(workdir) >= stopped[0] + 3, procs, _limit(timeouts), "waiting for 3 more steps")
   procs[1].send_signal(signal.SIGKILL)
   killed_at = time.monotonic()
   # The bound: immediately when process 0 is in a collective (gloo: "Connection closed by peer"), else the

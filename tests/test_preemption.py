@@ -14,6 +14,7 @@ import pytest
 
 from experiments import fault_injection as fi
 from rankjax.train import preemption
+from rankjax.train.metrics_writer import read_metrics
 
 pytestmark = pytest.mark.multiprocess
 # 8 steps, a checkpoint every 4: a signal mostly lands between checkpoints.
@@ -105,16 +106,18 @@ def test_sigint_on_a_file_source_between_steps(tmp_path, shared_data, timeouts):
   files = (*(f for f in OVERRIDES if not f.startswith(synthetic_only)), "--config.data.source=gsm8k",
            "--config.data.split=train", f"--config.data.files.manual_dir={shared_data / 'gsm8k'}",
            f"--config.data.files.tfds_data_dir={tfds_dir}", "--config.data.seq_len=256", "--config.model.vocab_size=1024")
-  straight = str(tmp_path / "straight")
-  _, _, rc = fi.timed_run(fi.command(straight, files), straight, straight + ".log", _limit(timeouts).seconds)
-  assert rc == 0, open(straight + ".log").read()[-3000:]
   workdir = str(tmp_path / "run")
   rc, log = _signal_when(workdir, fi.command(workdir, files), lambda: fi.logged_steps(workdir) >= 2, signal.SIGINT,
                          _limit(timeouts))
   assert rc == preemption.PREEMPTED_EXIT_CODE, log[-3000:]
   step = _stopped_step(log)
   assert 2 <= step < 8 and fi.latest_checkpoint(workdir) == step
-  _resume_and_compare(workdir, straight, _limit(timeouts), files)
+  # Resumed exactness of the file source's data position is tests/test_train_file_source.py's; here: the relaunch
+  # finishes with each step logged once.
+  _, _, rc = fi.timed_run(fi.command(workdir, files), workdir, workdir + ".log", _limit(timeouts).seconds)
+  assert rc == 0, open(workdir + ".log").read()[-3000:]
+  assert [r["step"] for r in read_metrics(workdir)] == list(range(1, 9))
+  assert fi.temporary_checkpoints(workdir) == []
 
 
 @pytest.mark.slow
