@@ -34,9 +34,9 @@ demo: install
 # both do; an interrupted (2) or misused (4) first part stops there. PYTEST_ARGS goes to both
 # (e.g. PYTEST_ARGS='-m "not slow"').
 test: install-test
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q --multiprocess=exclude tests $(PYTEST_ARGS); a=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q --durations=15 --multiprocess=exclude tests $(PYTEST_ARGS); a=$$?; \
 	if [ $$a -eq 2 ] || [ $$a -eq 4 ]; then exit $$a; fi; \
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --multiprocess=only tests $(PYTEST_ARGS); b=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15 --multiprocess=only tests $(PYTEST_ARGS); b=$$?; \
 	echo "make test: parallel part exited $$a, multiprocess part exited $$b"; \
 	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then exit 5; fi; \
 	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done

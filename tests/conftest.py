@@ -71,7 +71,6 @@ SLOW = {
     "tests/test_determinism.py::test_same_config_and_seed_give_bit_identical_runs": 31,
     "tests/test_determinism.py::test_a_stop_request_saves_that_step_and_raises_preempted": 14,
     "tests/test_checkpoint_faults.py::test_unwritable_checkpoint_folder_fails_before_the_first_step": 13,
-    "tests/test_checkpoint_faults.py::test_checkpoint_without_data_state_is_refused": 12,
     "tests/test_security.py::test_checkpoints_load_without_pickle": 12,
 }
 

@@ -36,9 +36,20 @@ def _unwritable(path: str):
       os.chmod(path, 0o755)
 
 
-def test_unwritable_checkpoint_folder_fails_before_the_first_step(tmp_path):
-  workdir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def two_steps(tmp_path_factory) -> str:
+  """A finished 2-step tiny run (checkpoint 2); tests copy it before changing anything."""
+  workdir = str(tmp_path_factory.mktemp("two_steps") / "run")
   loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
+  return workdir
+
+
+def _copy(two_steps, tmp_path) -> str:
+  return shutil.copytree(two_steps, str(tmp_path / "run"))
+
+
+def test_unwritable_checkpoint_folder_fails_before_the_first_step(two_steps, tmp_path):
+  workdir = _copy(two_steps, tmp_path)
   checkpoints = os.path.join(workdir, "checkpoints")
   with _unwritable(checkpoints):
     with pytest.raises(PermissionError, match=f"cannot write checkpoints to {checkpoints}.*Nothing was trained"):
@@ -90,9 +101,8 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     MetricsWriter(str(tmp_path), resume_step=2, tensorboard=False)
 
 
-def test_resuming_a_workdir_with_another_model_size_names_the_fields(tmp_path):
-  workdir = str(tmp_path / "run")
-  loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
+def test_resuming_a_workdir_with_another_model_size_names_the_fields(two_steps, tmp_path):
+  workdir = _copy(two_steps, tmp_path)
   before = open(os.path.join(workdir, "config.json")).read()
   with pytest.raises(ValueError, match=r"workdir .*run holds checkpoints of a model with other parameter shapes "
                                        r"\(model.hidden_size=32 there, 64 here"):
@@ -101,9 +111,8 @@ def test_resuming_a_workdir_with_another_model_size_names_the_fields(tmp_path):
   assert fi.latest_checkpoint(workdir) == 2
 
 
-def test_checkpoint_without_data_state_is_refused(tmp_path):
-  workdir = str(tmp_path / "run")
-  loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
+def test_checkpoint_without_data_state_is_refused(two_steps, tmp_path):
+  workdir = _copy(two_steps, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "2", "data_iter"))
   with pytest.raises(RuntimeError, match=r"checkpoints/2 has no data iterator state, so the data position cannot be "
                                          r"resumed exactly"):
