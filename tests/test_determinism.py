@@ -67,3 +67,11 @@ def test_watch_records_the_first_signal_and_gives_the_second_its_default_action(
     with pytest.raises(KeyboardInterrupt):
       os.kill(os.getpid(), signal.SIGINT)
   assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_signal_during_start_up_exits_before_any_step(tmp_path, monkeypatch):
+  monkeypatch.setattr(preemption.PreemptionWatch, "requested", property(lambda self: True))
+  workdir = str(tmp_path / "run")
+  with pytest.raises(preemption.Preempted, match="stopped during start-up, before step 1; there is no checkpoint"):
+    loop.train(tiny_run_config(total_steps=4), workdir)
+  assert fi.latest_checkpoint(workdir) is None and fi.logged_steps(workdir) == 0

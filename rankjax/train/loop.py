@@ -164,7 +164,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
     return {}
   if watch.requested and jax.process_count() == 1:  # a signal during start-up: no new step to save
     manager.close()
-    raise preemption.Preempted(start, watch.reason, checkpointing.directory(manager))
+    raise preemption.Preempted(start, watch.reason, checkpointing.directory(manager), during_startup=True)
 
   batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)

@@ -30,10 +30,14 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class Preempted(Exception):
   """Training stopped on request (a signal or a preemption notice) after saving a checkpoint at `step`."""
 
-  def __init__(self, step: int, reason: str, checkpoint_dir: str):
+  def __init__(self, step: int, reason: str, checkpoint_dir: str, during_startup: bool = False):
     self.step, self.reason, self.checkpoint_dir = step, reason, checkpoint_dir
-    super().__init__(f"preempted ({reason}): stopped after step {step}, checkpoint of step {step} saved in "
-                     f"{checkpoint_dir}; relaunch the same command to resume "
+    if during_startup:  # no step ran: nothing new to save
+      where = (f"stopped during start-up, before step {step + 1}; the latest checkpoint is step {step}" if step
+               else "stopped during start-up, before step 1; there is no checkpoint yet")
+    else:
+      where = f"stopped after step {step}, checkpoint of step {step} saved"
+    super().__init__(f"preempted ({reason}): {where} in {checkpoint_dir}; relaunch the same command to resume "
                      f"(python -m rankjax.main exits with status {PREEMPTED_EXIT_CODE})")
 
 
