@@ -39,6 +39,9 @@ setup(
             "hypothesis>=6.100",
             "torch==2.13.0",
             "transformers>=4.50",
+            "nbclient>=0.10",  # tests/test_notebooks.py executes notebooks/ in a kernel of the venv's Python
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
         ],
         "dev": ["ruff", "ipykernel"],
     },

@@ -5,7 +5,7 @@ A second table times the loop's host pattern on the `sft` step, with a fresh hos
 step as in the loop: reading `nonfinite` on the host after every step (a device sync per step, the loop before
 issue 9) against the loop's device-side watch, read only on log steps (every --log-every steps).
 
-  python benchmarks/train_step_bench.py [--steps 10] [--repeats 5] [--schemes sft,ranktuner,...] [--log-every 10]
+  python benchmarks/train_step_bench.py [--steps 10] [--repeats 5] [--schemes sft,ranktuner:nohist,...] [--log-every 10]
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed repeat")
   parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--schemes", default="sft:plain,sft,ranktuner,ranktuner:plain,ranktuner-bound:plain,dft:plain,"
-                      "talr:plain,eaft:plain",
-                      help="name[-form][:plain]; ':plain' turns diagnostics off (no E[R] unless the scheme needs it)")
+  parser.add_argument("--schemes", default="sft:plain,sft:plain+nohist,sft,ranktuner,ranktuner:nohist,ranktuner:plain,"
+                      "ranktuner-bound:plain,dft:plain,talr:plain,eaft:plain",
+                      help="name[-form][:variant[+variant]]; variant 'plain' turns diagnostics off (no E[R] unless the "
+                      "scheme needs it), 'nohist' the token histograms (on in training by default)")
   parser.add_argument("--log-every", type=int, default=10, help="host sync interval of the loop-pattern table")
   args = parser.parse_args()
 
@@ -63,7 +64,9 @@ def main():
     spec, _, variant = scheme.partition(":")
     loss_config.name, _, form = spec.partition("-")
     loss_config.form = form or "exact"
-    loss_config.diagnostics = variant != "plain"
+    variants = set(variant.split("+")) if variant else set()
+    loss_config.diagnostics = "plain" not in variants
+    loss_config.histograms = "nohist" not in variants
     fns[scheme] = jax.jit(make_train_step(model, loss_config, schedule))
     states[scheme] = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                                    tx=make_optimizer(config.optimizer, 1000))

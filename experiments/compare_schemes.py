@@ -12,7 +12,9 @@ python experiments/compare_schemes.py --config=configs/compare_schemes.py --work
    problem, graded by math-verify; Pass@1 = mean accuracy over samples. Greedy exact match is also reported.
 4. DIR/results.md, results.json and compare.png: per condition and method, the mean over seeds and a 95% t-interval
    of Pass@1, greedy accuracy and the final training NLL. The "base" row is the base model itself, sampled with
-   each seed (its interval covers sampling only).
+   each seed (its interval covers sampling only). The intervals are `rankjax.report.mean_ci`'s; the same
+   numbers per run and group: `python -m rankjax.report DIR/runs
+   --metrics=eval/synthetic/pass@1,eval/greedy_accuracy,mean_nll` (groups: method x noise rate; replicates: seeds).
 
 Every stage resumes: a finished run or evaluation is skipped, an interrupted one continues.
 """
@@ -20,7 +22,6 @@ Every stage resumes: a finished run or evaluation is skipped, an interrupted one
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -34,22 +35,12 @@ from ml_collections import config_flags  # noqa: E402
 from rankjax.data import sources, stream  # noqa: E402
 from rankjax.eval import benchmarks, harness, settings as eval_settings  # noqa: E402
 from rankjax.eval.answer_accuracy import answer_accuracy  # noqa: E402
+from rankjax.report import mean_ci  # noqa: E402  (mean, 95% Student-t half-width; nan for one value)
 from rankjax.train import config as run_config  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 from rankjax.train.methods import method_overrides, parse_methods  # noqa: E402
 from rankjax.train.metrics_writer import read_metrics  # noqa: E402
 from rankjax.train.restore import load_checkpoint  # noqa: E402
-
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def mean_ci(values) -> tuple[float, float]:
-  """(mean, half-width of the 95% t-interval) of `values`; the half-width is nan for one value."""
-  x = np.asarray(values, np.float64)
-  if len(x) < 2:
-    return float(x.mean()), float("nan")
-  t = T_975.get(len(x) - 1, 1.96)
-  return float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def conditions(config) -> dict[str, float]:

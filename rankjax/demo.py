@@ -5,7 +5,10 @@
 4. from that base, one fine-tuning run per method on held-out formats (loss on solutions only);
 5. greedy decoding on unseen problems, exact match of the final answer;
 6. the noise diagnostic (the paper's Table 1) on the base model: WORKDIR/noise_diagnostic/;
-7. WORKDIR/results.{md,json} and loss_curves.png. Every stage resumes when relaunched.
+7. WORKDIR/results.{md,json} and loss_curves.png; WORKDIR/report.{md,csv,json}, curves.png and metrics.png: the
+   report over the fine-tuning runs (`python -m rankjax.report WORKDIR/runs --out=WORKDIR`), which reads each
+   run's metrics.jsonl and the greedy accuracy written to WORKDIR/runs/<method>/eval/row.json.
+Every stage resumes when relaunched.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 import jax
 
 from rankjax import models
+from rankjax import report as run_report
 from rankjax.data import pipeline, sources, stream
 from rankjax.diagnostics import noise
 from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
@@ -120,6 +124,8 @@ def run(config, workdir: str) -> list[dict]:
                  "mean_ranktuner_weight": aux["mean_ranktuner_weight"], "eval_nll": aux["mean_nll"],
                  "accuracy": acc, "correct": int(sum(e["correct"] for e in examples)), "num_eval": len(examples)})
     samples[method] = examples[:3]
+    if d != base_dir:  # read by the report (eval/greedy_accuracy, eval/mean_ranktuner_weight, eval/eval_nll)
+      write_eval_row(d, rows[-1])
 
   noise_dir = os.path.join(workdir, "noise_diagnostic")
   print(f"[demo] noise diagnostic of the base model ({config.demo.noise_examples} fine-tuning examples) in "
@@ -142,6 +148,22 @@ def run(config, workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump({"rows": rows, "wall_seconds": wall, "samples": samples}, f, indent=2)
   plot_curves(run_dirs, os.path.join(workdir, "loss_curves.png"))
+  runs = run_report.collect_runs([os.path.join(workdir, "runs")])
+  run_report.write_report(runs, workdir, dirs=[os.path.join(workdir, "runs")],
+                          title=f"rankjax demo: report over the {len(runs)} fine-tuning runs")
   print(table, flush=True)
-  print(f"[demo] wrote {workdir}/results.md, results.json, loss_curves.png", flush=True)
+  print(f"[demo] wrote {workdir}/results.md, results.json, loss_curves.png; report.md, report.csv, report.json, "
+        "curves.png, metrics.png", flush=True)
   return rows
+
+
+def write_eval_row(run_dir: str, row: dict) -> None:
+  """RUN/eval/row.json: the demo's evaluation of a fine-tuning run (greedy accuracy, eval NLL in nats per token,
+  mean RankTuner weight), which `rankjax.report` reports as eval/<field>."""
+  os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
+  keep = ("accuracy", "correct", "num_eval", "mean_ranktuner_weight", "eval_nll")
+  out = {("greedy_accuracy" if k == "accuracy" else k): row[k] for k in keep}
+  path = os.path.join(run_dir, "eval", "row.json")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(out, f, indent=2)
+  os.replace(path + ".tmp", path)

@@ -30,10 +30,12 @@ def answer_accuracy(model, params, formatter: Formatter, records, max_new_tokens
 
 def teacher_forced_aux(model, params, batch: dict, loss_config) -> dict:
   """The loss aux scalars (mean RankTuner weight, NLL, rank, ...) of `params` on one batch of
-  arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without training."""
+  arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without training; the aux's arrays
+  (`loss_config.histograms`, `dump_tokens`) are left out."""
   @jax.jit
   def run(params, batch):
     head = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"], return_hidden=losses.wants_hidden(loss_config))
     return losses.head_loss(head, batch["targets"], batch["loss_mask"], loss_config)[1]
-  return {k: float(v) for k, v in jax.device_get(run(params, jax.tree.map(jnp.asarray, batch))).items()}
+  aux = jax.device_get(run(params, jax.tree.map(jnp.asarray, batch)))
+  return {k: float(v) for k, v in aux.items() if np.ndim(v) == 0}  # histograms and token dumps are arrays

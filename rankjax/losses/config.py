@@ -31,6 +31,15 @@ def default_config() -> ml_collections.ConfigDict:
   # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
   # dashboard even when the scheme does not need it.
   config.diagnostics = True
+  # Histograms of w_t, p_t, H_t, R_t, E[R_t] and S_t over the supervised tokens in the aux
+  # ("hist/<statistic>/counts" etc., `rankjax.losses.token_histograms`): training turns them on
+  # (quantiles to metrics.jsonl, histograms to TensorBoard every log_every steps).
+  config.histograms = False
+  # Every `dump_tokens` optimizer steps (0: never), the loop writes per-token records (token, p_t,
+  # H_t, R_t, E[R_t], S_t, w_t) of the first `dump_sequences` sequences of the step's batch to
+  # WORKDIR/token_dumps/step_<N>.jsonl; the aux then carries those rows ("dump/...").
+  config.dump_tokens = 0
+  config.dump_sequences = 2
   # Fused LM-head loss (`linear_weighted_loss`, used by training when `fused`): the [tokens, V]
   # logits are never materialised; `token_chunk` tokens' logits exist at a time.
   config.fused = True
@@ -73,6 +82,10 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
   if int(config.token_chunk) < 1:
     raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
+  if int(config.dump_tokens) < 0:
+    raise ValueError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
+  if int(config.dump_sequences) < 1:
+    raise ValueError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
   if not float(config.talr_min_tau) > 0:
     raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 

@@ -262,4 +262,4 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
                                    compact=config.compact_tokens, **expected_rank_options(config))
   w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
-  return reduce_loss(stats, w, mask, config, axis_name, context)
+  return reduce_loss(stats, w, mask, config, axis_name, context, targets=targets)

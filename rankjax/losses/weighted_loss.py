@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rankjax.losses import global_reduce
+from rankjax.losses import global_reduce, token_histograms
 from rankjax.losses.config import expected_rank_options, needs_batch_log_probs, validate_config
 from rankjax.losses.stats import TokenStats, check_logits_shape, token_stats
-from rankjax.losses.weights import (TalrContext, ranktuner_weight, scheme_weight, talr_context,
+from rankjax.losses.weights import (TalrContext, ranktuner_log_scale, scheme_weight, talr_context,
                                    topk_entropy_nats)
 
 # How aux scalars of gradient-accumulation micro-steps combine into the full batch's.
@@ -130,7 +130,38 @@ def token_weights(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
   return _stats_and_weights(logits, targets, mask, config, axis_name, context)[1]
 
 
-def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
+def _log_relative_scale(stats: TokenStats, config):
+  """ln S_t of RankTuner under config's form when the run is RankTuner or diagnostics are on, else None."""
+  if config.name == "ranktuner" or config.diagnostics:
+    return ranktuner_log_scale(stats, config.form, config.bound_floor)
+  return None
+
+
+def _ranktuner_weight(stats: TokenStats, log_scale, config):
+  """RankTuner's w_t = b_t S_t from ln S_t (as `weights.ranktuner_weight` forms it)."""
+  return jnp.exp(log_scale + (jax.lax.stop_gradient(stats.log_prob) if config.base == "prob" else 0.0))
+
+
+def _per_token(stats: TokenStats, w, scale) -> dict:
+  """The per-token statistics the histograms and dumps show, by GRIDS name (missing ones left out)."""
+  out = {"weight": w, "prob": jnp.exp(jax.lax.stop_gradient(stats.log_prob)), "entropy_bits": stats.entropy_bits,
+         "rank": stats.rank, "expected_rank": stats.expected_rank, "relative_scale": scale}
+  return {k: v for k, v in out.items() if v is not None}
+
+
+DUMP_PREFIX = "dump/"
+
+
+def _dump_rows(per_token: dict, targets, mask, rows: int) -> dict:
+  """The first `rows` sequences' per-token statistics, targets and mask, [rows, T] each ("dump/<name>")."""
+  flat = lambda x: x.reshape((-1,) + x.shape[-1:])[:rows]  # noqa: E731
+  out = {DUMP_PREFIX + k: flat(v) for k, v in per_token.items()}
+  out[DUMP_PREFIX + "target"] = flat(targets)
+  out[DUMP_PREFIX + "mask"] = flat(mask)
+  return out
+
+
+def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=None) -> dict:
   m = (mask > 0)
   n = jnp.maximum(context.num_tokens, 1.0)
 
@@ -151,11 +182,20 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context) -> dict:
   if stats.expected_rank is not None:
     aux["mean_expected_rank"] = mean(stats.expected_rank)
     aux["mean_expected_rank_interval"] = mean(stats.expected_rank_hi - stats.expected_rank_lo)
+  log_scale = _log_relative_scale(stats, config)
   if config.diagnostics:
-    rt = w if config.name == "ranktuner" else ranktuner_weight(stats, config.form, config.base, config.bound_floor)
+    rt = w if config.name == "ranktuner" else _ranktuner_weight(stats, log_scale, config)
     aux["mean_ranktuner_weight"] = mean(rt)
   if context.talr is not None:
     aux["talr_tau"] = context.talr.tau
+  if config.histograms or config.dump_tokens:
+    per_token = _per_token(stats, w, None if log_scale is None else jnp.exp(log_scale))
+    if config.histograms:
+      for name, values in per_token.items():
+        aux.update(token_histograms.token_histogram(name, values, mask, axis_name))
+    # Rows of this device's shard would not be the batch's first rows: dumps only without a mapped axis.
+    if config.dump_tokens and axis_name is None and targets is not None:
+      aux.update(_dump_rows(per_token, targets, mask, int(config.dump_sequences)))
   return jax.tree.map(jax.lax.stop_gradient, aux)
 
 
@@ -179,14 +219,20 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
     derivative of the global loss; whether parameter gradients still need a psum over
     devices depends on the mapping: see `rankjax.losses.global_reduce`. `aux` holds stop-gradient scalars:
     tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, mean_rank,
-    frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau.
+    frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau; with
+    `config.histograms`, the "hist/<statistic>/{counts,min,max,sum,sum_sq}" of
+    `rankjax.losses.token_histograms`; with `config.dump_tokens` (and no `axis_name`), "dump/<statistic>",
+    "dump/target" and "dump/mask", arrays [config.dump_sequences, T] of the first rows.
   """
+  targets, mask = jnp.asarray(targets), jnp.asarray(mask)
   stats, w, context = _stats_and_weights(logits, targets, mask, config, axis_name, context)
-  return reduce_loss(stats, w, mask, config, axis_name, context)
+  return reduce_loss(stats, w, mask, config, axis_name, context, targets=jnp.where(mask > 0, targets, 0))
 
 
-def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchContext) -> tuple[jax.Array, dict]:
-  """The reduction sum(m w nll) / N_global and the aux scalars (see `weighted_loss`)."""
+def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchContext,
+                targets=None) -> tuple[jax.Array, dict]:
+  """The reduction sum(m w nll) / N_global and the aux (see `weighted_loss`); `targets` (ids, 0 off the mask)
+  only feed the token dump (`config.dump_tokens`)."""
   nll = -stats.log_prob
   n = jnp.maximum(context.num_tokens, 1.0)
   local = jnp.sum(jnp.where(mask > 0, w * nll, 0.0)) / n
@@ -195,16 +241,21 @@ def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchCon
   else:
     total = jax.lax.psum(jax.lax.stop_gradient(local), axis_name)
     loss = local + jax.lax.stop_gradient(total - local)
-  aux = _aux(stats, w, jax.lax.stop_gradient(nll), mask, config, axis_name, context)
+  aux = _aux(stats, w, jax.lax.stop_gradient(nll), mask, config, axis_name, context, targets)
   aux["loss"] = jax.lax.stop_gradient(loss)
   return loss, aux
 
 
 def accumulate_aux(total: dict, step: dict) -> dict:
-  """Combines the aux of one more micro-step into `total` (sum of global means, max, or keep)."""
+  """Combines the aux of one more micro-step into `total` (sum of global means, max, or keep; histograms add
+  their counts and sums and take min/max; dumped rows stay those of the first micro-step)."""
   out = {}
   for k, v in step.items():
-    if k in AUX_KEEP:
+    if k.startswith(DUMP_PREFIX):
+      out[k] = total[k]
+    elif token_histograms.is_histogram_key(k):
+      out[k] = token_histograms.combine(k, total[k], v)
+    elif k in AUX_KEEP:
       out[k] = v
     elif k in AUX_MAX:
       out[k] = jnp.maximum(total[k], v)

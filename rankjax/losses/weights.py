@@ -47,21 +47,30 @@ def ranktuner_log_scale_bound(log_prob: jax.Array, entropy_bits: jax.Array, rank
   return -k * jnp.maximum(log_prob + jnp.log(s), math.log(floor))
 
 
+def ranktuner_log_scale(stats: TokenStats, form: str, bound_floor: float = 1e-6) -> jax.Array:
+  """ln S_t, the natural log of RankTuner's Relative Scale under `form` (stop-gradient float32).
+
+  exact: S_t in (1/2, 2), from R_t and E[R_t]. bound: the sort-free surrogate, S_t <= 1 / bound_floor.
+  """
+  if form == "exact":
+    if stats.expected_rank is None:
+      raise ValueError("ranktuner form='exact' needs expected_rank in the token statistics")
+    return jax.lax.stop_gradient(jnp.log(ranktuner_scale_exact(stats.rank, stats.expected_rank)))
+  if stats.log_prob_max is None:
+    raise ValueError("ranktuner form='bound' needs log_prob_max in the token statistics")
+  log_prob = jax.lax.stop_gradient(stats.log_prob)
+  return jax.lax.stop_gradient(
+      ranktuner_log_scale_bound(log_prob, stats.entropy_bits, stats.rank, stats.log_prob_max, bound_floor))
+
+
 def ranktuner_weight(stats: TokenStats, form: str, base: str, bound_floor: float = 1e-6) -> jax.Array:
   """RankTuner weight w_t = b_t * S_t (section 4), stop-gradient, formed in log space (log b + log S).
 
   exact: S_t in (1/2, 2). bound: S_t <= 1 / bound_floor (1e6 by default), so w_t <= 1e6 with either base.
   """
-  log_prob = jax.lax.stop_gradient(stats.log_prob)
-  if form == "exact":
-    if stats.expected_rank is None:
-      raise ValueError("ranktuner form='exact' needs expected_rank in the token statistics")
-    log_scale = jnp.log(ranktuner_scale_exact(stats.rank, stats.expected_rank))
-  else:
-    if stats.log_prob_max is None:
-      raise ValueError("ranktuner form='bound' needs log_prob_max in the token statistics")
-    log_scale = ranktuner_log_scale_bound(log_prob, stats.entropy_bits, stats.rank, stats.log_prob_max, bound_floor)
-  log_w = log_scale + (log_prob if base == "prob" else 0.0)
+  log_w = ranktuner_log_scale(stats, form, bound_floor)
+  if base == "prob":
+    log_w = log_w + jax.lax.stop_gradient(stats.log_prob)
   return jax.lax.stop_gradient(jnp.exp(log_w))
 
 

@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = models.default_config()
   c.data = sources.default_config()
   c.loss = losses.default_config()
+  c.loss.histograms = True  # quantiles of w, p, H, R, E[R], S to metrics.jsonl, histograms to TensorBoard
   c.optimizer = optimizer.default_config()
   c.total_steps = 100
   c.grad_accum_steps = 1

@@ -19,6 +19,8 @@ from rankjax.data import stream
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train import preemption
+from rankjax.train import token_dump
+from rankjax.losses import token_histograms
 from rankjax.train.metrics_writer import MetricsWriter
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
 from rankjax.train.periodic_eval import PeriodicEval
@@ -142,6 +144,9 @@ def watch_nonfinite(step_fn):
 class _NoWriter:
   """Stands in for MetricsWriter on processes other than 0."""
 
+  def write_histograms(self, step: int, histograms: dict) -> None:
+    pass
+
   def write(self, step: int, metrics: dict) -> dict:
     return {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
 
@@ -183,6 +188,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   evaluator = PeriodicEval(config, workdir, model, tokenizer, mesh, lead)
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  dump_every = int(config.loss.dump_tokens)
   finished = False
   try:
     for step in range(start, config.total_steps):
@@ -202,8 +208,14 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
             f"(at step {done}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}). The last "
             f"good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints. Lower "
             "optimizer.learning_rate or check the data (a target id outside the vocabulary makes the loss NaN).")
+      dump_due = bool(dump_every) and done % dump_every == 0
+      if log or dump_due:
+        metrics, dump = token_dump.split_dump(metrics)
+        if dump_due and lead:
+          token_dump.write_token_dump(workdir, done, jax.device_get(dump), tokenizer.decode)
       if log:
-        metrics = jax.device_get(metrics)
+        metrics, histograms = token_histograms.split_histograms(jax.device_get(metrics))
+        writer.write_histograms(done, histograms)
         elapsed = time.perf_counter() - t_last
         metrics.update(_record_metrics(data.record_counts()))
         if evaluate:  # after `elapsed`: its time is not counted in tokens_per_second

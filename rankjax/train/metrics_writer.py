@@ -72,6 +72,25 @@ class MetricsWriter:
       self._tb.flush()
     return row
 
+  def write_histograms(self, step: int, histograms: dict) -> None:
+    """Writes the "hist/<statistic>/..." arrays of a step (`rankjax.losses.token_histograms`) to TensorBoard as
+    histograms named "<statistic>", over the bins from the first to the last non-empty one."""
+    if self._tb is None:
+      return
+    from rankjax.losses import token_histograms  # noqa: PLC0415 (imports JAX; read_metrics users need not)
+    for name in token_histograms.names_in(histograms):
+      counts = np.asarray(histograms[token_histograms.key(name, "counts")], np.float64)
+      nonzero = np.flatnonzero(counts)
+      if nonzero.size == 0:
+        continue
+      first, last = nonzero[0], nonzero[-1] + 1
+      part = lambda p: float(np.asarray(histograms[token_histograms.key(name, p)]))  # noqa: E731
+      self._tb.add_histogram_raw(
+          f"tokens/{name}", min=part("min"), max=part("max"), num=int(counts.sum()), sum=part("sum"),
+          sum_squares=part("sum_sq"), bucket_limits=token_histograms.GRIDS[name].edges()[1:][first:last].tolist(),
+          bucket_counts=counts[first:last].tolist(), global_step=step)
+    self._tb.flush()
+
   def close(self) -> None:
     self._file.close()
     if self._tb is not None:

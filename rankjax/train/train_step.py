@@ -8,6 +8,7 @@ import optax
 from flax.training import train_state
 
 from rankjax import losses
+from rankjax.losses import token_histograms
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -28,6 +29,10 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   updated parameters are not finite (e.g. a target id outside the vocabulary on a supervised
   position) leaves the state unchanged and reports `nonfinite = 1`. A batch without any supervised token leaves
   params and optimizer state (moments and count) unchanged, advances `state.step` and reports `empty_batch = 1`.
+
+  With `loss_config.histograms`, metrics also hold the whole batch's histograms ("hist/<statistic>/...", arrays)
+  and, from them, quantiles such as "weight/q50" (scalars); with `loss_config.dump_tokens`, the first micro-step's
+  first rows ("dump/...", arrays [rows, T]).
   """
   losses.validate_config(loss_config)
   return_hidden = losses.wants_hidden(loss_config)
@@ -64,7 +69,7 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
     has_tokens = jnp.any(batch["loss_mask"] > 0)
     applied = jax.tree.map(lambda new, old: jnp.where(finite & has_tokens, new, old), new_state, state)
     new_state = applied.replace(step=jnp.where(finite, new_state.step, state.step))
-    metrics = dict(aux, grad_norm=grad_norm, learning_rate=schedule(state.step),
+    metrics = dict(aux, **token_histograms.quantile_metrics(aux), grad_norm=grad_norm, learning_rate=schedule(state.step),
                    nonfinite=1.0 - finite.astype(jnp.float32), empty_batch=1.0 - has_tokens.astype(jnp.float32))
     return new_state, metrics
 
