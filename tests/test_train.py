@@ -211,3 +211,13 @@ def test_fused_and_dense_train_steps_agree(scheme):
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, err_msg=k)
   _assert_histograms_close(m1, m2)
   _assert_trees_close(s1.params, s2.params)
+
+
+def test_export_hf_carries_the_runs_own_tokenizer(tmp_path):
+  from rankjax.data.hf_tokenizer import load_hf_tokenizer
+  from rankjax.data.tokenizer import load_tokenizer
+  workdir = str(tmp_path / "run")
+  loop.train(tiny_run_config(total_steps=1, export_hf=True), workdir)  # a BPE trained by the run itself
+  exported = load_hf_tokenizer(os.path.join(workdir, "hf"))
+  own = load_tokenizer(workdir)
+  assert exported.encode("12 + 34 = 46") == own.encode("12 + 34 = 46")

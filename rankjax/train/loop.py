@@ -126,6 +126,15 @@ def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> d
     data.close()
 
 
+def tokenizer_files_dir(config, workdir: str, init: models.InitFrom) -> str:
+  """Where the run's tokenizer files are (copied into an HF export): data.tokenizer_path (its folder when it
+  names a file), else the HF checkpoint of init_from, else WORKDIR (a BPE trained by the run)."""
+  path = config.data.tokenizer_path
+  if path:
+    return os.path.dirname(path) if os.path.isfile(path) else path
+  return init.hf_dir or workdir
+
+
 def _record_metrics(counts: dict) -> dict:
   return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
 
@@ -238,7 +247,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
             flush=True)
     checkpointing.wait(manager)
     if config.export_hf:
-      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=init.hf_dir or None)
+      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"),
+                             copy_files_from=tokenizer_files_dir(config, workdir, init))
     finished = True
   finally:
     bar.close()
