@@ -1,12 +1,13 @@
 """The notebooks in notebooks/ run, and are stored without outputs.
 
 Every notebook there is executed with nbclient in a fresh kernel of this Python (the venv's), on small inputs built
-here once per module: a rankjax workdir trained for two steps, its Hugging Face export, a JSONL file and a second BPE
-tokenizer. A notebook reads its inputs from RANKJAX_* environment variables; CASES says which ones each notebook gets
-(one line per case). A notebook without an entry runs once with only COMMON_ENV, in a scratch directory where the
-defaults meant for a human user (e.g. workdirs/demo) do not exist: one that needs inputs this file does not build
-fails, it is never skipped. Any error fails the test with the cell's source and the error; each cell has a time limit
-(conftest's `timeouts`, scaled by RANKJAX_TEST_TIMEOUT_SCALE). Each execution's time is printed (`pytest -s`).
+here once per module: a rankjax workdir trained for two steps, its Hugging Face export, a JSONL file and a second
+BPE tokenizer; and a sweep folder of four tiny runs. A notebook reads its inputs from RANKJAX_* environment
+variables; CASES says which ones each notebook gets (one line per case). A notebook without an entry runs once with
+only COMMON_ENV, in a scratch directory where the defaults meant for a human user (e.g. workdirs/demo) do not exist:
+one that needs inputs this file does not build fails, it is never skipped. Any error fails the test with the cell's
+source and the error; each cell has a time limit (conftest's `timeouts`, scaled by RANKJAX_TEST_TIMEOUT_SCALE). Each
+execution's time is printed (`pytest -s`).
 
 To strip a notebook's outputs: `.venv/bin/python -m tests.test_notebooks notebooks/NAME.ipynb`.
 """
@@ -15,7 +16,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import string
 import subprocess
 import sys
@@ -29,8 +29,9 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
 # Environment of every execution. Placeholders: {out} and {tfds} are fresh directories of the execution;
 # {workdir} (a rankjax workdir), {hf} (an HF checkpoint directory, the workdir's export), {jsonl} (a train.jsonl file
-# whose first record is bad) and {tokenizer} (a BPE of 300 tokens, not the checkpoint's) are built once per module,
-# only when an execution names one.
+# whose first record is bad) and {tokenizer} (a BPE of 300 tokens, not the checkpoint's) are built once per module
+# by the fixture `inputs`, {sweep} (a sweep folder: sft and ranktuner x 2 seeds, one run with token dumps) by
+# `sweep_inputs`; each fixture only when an execution names one of its placeholders (INPUT_FIXTURES).
 COMMON_ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "RANKJAX_OUT": "{out}", "RANKJAX_TFDS_DATA_DIR": "{tfds}"}
 # notebook -> {case: environment on top of COMMON_ENV}. A new notebook: one line here (or none if it needs no input).
 CASES = {
@@ -41,9 +42,12 @@ CASES = {
                                      "RANKJAX_NUM_EXAMPLES": "4"},
     },
     "noise_diagnostic.ipynb": {"workdir": {"RANKJAX_CHECKPOINT": "{workdir}", "RANKJAX_NUM_EXAMPLES": "50"}},
+    "compare_sweep_runs.ipynb": {"sweep": {"RANKJAX_SWEEP_DIR": "{sweep}"}},
     "weight_surfaces.ipynb": {"default": {}},
 }
 PER_EXECUTION = ("out", "tfds")
+INPUT_FIXTURES = {"workdir": "inputs", "hf": "inputs", "jsonl": "inputs", "tokenizer": "inputs",
+                  "sweep": "sweep_inputs"}  # placeholder -> the module fixture that builds it
 # A cell's limit: max(180 s, 8 x 20 calibrations) x RANKJAX_TEST_TIMEOUT_SCALE. The slowest cell (the noise
 # diagnostic's run) took 7-10 s, and a whole notebook 11-21 s, on a 2-core machine busy with two other test runs
 # (calibration 1.5 s): a machine several times slower still passes.
@@ -69,9 +73,7 @@ def inputs(tmp_path_factory) -> dict:
   root = tmp_path_factory.mktemp("notebook_inputs")
   workdir, hf = root / "run", root / "run" / "hf"
   train(tiny_run_config(total_steps=2, checkpoint_every=2, export_hf=True), str(workdir))
-  for name in ("tokenizer.json", "tokenizer_config.json"):  # the export of a run with its own BPE has no tokenizer
-    if not (hf / name).exists():
-      shutil.copyfile(workdir / name, hf / name)
+  assert (hf / "tokenizer.json").is_file()  # the export carries the run's own BPE
   jsonl = root / "jsonl" / "train.jsonl"
   jsonl.parent.mkdir()
   rows = [{"question": "a record without the prompt field"}]
@@ -81,6 +83,24 @@ def inputs(tmp_path_factory) -> dict:
   tokenizer = root / "tokenizer"
   bpe.train_bpe([r.get("prompt", "") + r.get("response", "") for r in rows] * 4, 300, str(tokenizer))
   return {"workdir": str(workdir), "hf": str(hf), "jsonl": str(jsonl), "tokenizer": str(tokenizer)}
+
+
+@pytest.fixture(scope="module")
+def sweep_inputs(tmp_path_factory) -> dict:
+  """{"sweep": a folder laid out as `rankjax.launch` writes a sweep}: sft and ranktuner x seeds 0 and 1, one run
+  per folder named by `sweeps.run_name`, 4 steps each, every step logged (token quantiles included); the ranktuner
+  runs also dump tokens every 2 steps (so both seeds share one program). loss.form="bound" in every run (sft ignores
+  it): with the exact form's E[R_t] a ranktuner step took 1.7 s here, with the bound form 0.16 s. Two programs to
+  compile (sft, ranktuner)."""
+  from rankjax import sweeps  # noqa: PLC0415
+  from rankjax.train.loop import train  # noqa: PLC0415
+  from tests.helpers import tiny_run_config  # noqa: PLC0415
+  root = tmp_path_factory.mktemp("sweep")
+  for overrides in sweeps.product(seed=[0, 1], **{"loss.name": ["sft", "ranktuner"]}):
+    dump = {"loss.dump_tokens": 2} if overrides["loss.name"] == "ranktuner" else {}
+    config = tiny_run_config(**overrides, **dump, **{"loss.form": "bound"}, total_steps=4, checkpoint_every=4)
+    train(config, str(root / sweeps.run_name(overrides)))
+  return {"sweep": str(root)}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +129,9 @@ def _error_text(cell, error) -> str:
   return ANSI.sub("", text)[-6000:]
 
 
-@pytest.mark.multiprocess  # starts a kernel process per notebook
+# Each starts one single-process kernel, with per-cell limits far above its time: not timing-sensitive, so these run
+# in the parallel part, one after another on one xdist worker (the module's fixtures are built once there).
+@pytest.mark.xdist_group("notebooks")
 @pytest.mark.parametrize("name,case", _executions())
 def test_notebook_runs(name, case, request, tmp_path, timeouts, kernel_path, monkeypatch):
   import nbclient  # noqa: PLC0415
@@ -118,7 +140,9 @@ def test_notebook_runs(name, case, request, tmp_path, timeouts, kernel_path, mon
   from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError  # noqa: PLC0415
   case_env = CASES.get(name, {"default": {}})[case]
   needed = _placeholders({**COMMON_ENV, **case_env}) - set(PER_EXECUTION)
-  paths = dict(request.getfixturevalue("inputs")) if needed else {}
+  paths = {}
+  for fixture in sorted({INPUT_FIXTURES[p] for p in needed}):
+    paths.update(request.getfixturevalue(fixture))
   for key in PER_EXECUTION:
     (tmp_path / key).mkdir()
     paths[key] = str(tmp_path / key)
