@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rankjax.models.cache_write import write_at
 from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import apply_rotary
 
@@ -59,7 +60,7 @@ class Attention(nn.Module):
     """x [B, T, D], cos/sin [B, T, head_dim], mask bool [B, 1, T, S] -> [B, T, D].
 
     With `kv_cache` = (k, v, index), k/v [B, S, kv_heads, head_dim]: this call's keys and
-    values are written at slots index.. index + T - 1, queries attend over all S slots
+    values are written at slots index.. index + T - 1 (index: a scalar, or [B], one per row), queries attend over all S slots
     (the mask decides which), and the result is (out, (k, v)) with the updated cache.
     """
     d = x.shape[-1]
@@ -73,8 +74,7 @@ class Attention(nn.Module):
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
     if kv_cache is not None:
       cache_k, cache_v, index = kv_cache
-      k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, index, 0, 0))
-      v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, index, 0, 0))
+      k, v = write_at(cache_k, k, index), write_at(cache_v, v, index)
       new_cache = (k, v)
 
     k, v = k.astype(self.dtype), v.astype(self.dtype)

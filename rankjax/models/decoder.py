@@ -12,6 +12,7 @@ from rankjax.models.attention import Attention
 from rankjax.models.embedding import Embed
 from rankjax.models.masks import attention_mask
 from rankjax.models.mlp import SwiGLU
+from rankjax.models.cache_write import write_at
 from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import rope_frequencies, rotary_angles
 
@@ -37,11 +38,14 @@ class DecoderLayer(nn.Module):
     return x if kv_cache is None else (x, kv)
 
 
-def init_cache(config, batch: int, max_len: int, dtype=jnp.float32) -> dict:
-  """An empty KV cache for `max_len` slots: k/v [layers, B, S, kv_heads, head_dim], key segment ids, index 0."""
+def init_cache(config, batch: int, max_len: int, dtype=jnp.float32, per_row_index: bool = False) -> dict:
+  """An empty KV cache for `max_len` slots: k/v [layers, B, S, kv_heads, head_dim], key segment ids, and the
+  next slot to write: one index for all rows (0), or with `per_row_index` one per row ([B] zeros), so that rows
+  hold sequences of different lengths (continuous batching)."""
   shape = (config.num_layers, batch, max_len, config.num_kv_heads, model_config.head_dim(config))
+  index = jnp.zeros((batch,) if per_row_index else (), jnp.int32)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-          "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": jnp.zeros((), jnp.int32)}
+          "segment_ids": jnp.zeros((batch, max_len), jnp.int32), "index": index}
 
 
 class Transformer(nn.Module):
@@ -50,8 +54,9 @@ class Transformer(nn.Module):
   `segment_ids` [B, T] mark packed sequences (attention never crosses a segment) and padding
   (id 0, never attended to); by default every token is in segment 1. `positions` default
   to 0..T-1. With `return_hidden=True` it returns (final hidden states [B, T, D], LM-head
-  kernel [D, V]) instead, for losses that fuse the output projection. With `cache`
-  (from `init_cache`) the tokens are appended at cache["index"] and the call returns
+  kernel [D, V]) instead (with a cache: ((hidden, kernel), cache)), for losses that fuse the output projection
+  and for a prefill that needs one position's logits. With `cache`
+  (from `init_cache`) the tokens are appended at cache["index"] (shared, or one per row) and the call returns
   (logits, updated cache): incremental decoding. `last_only=True` gives logits of the last
   position only ([B, 1, V]), as a generation prefill needs.
   """
@@ -77,7 +82,7 @@ class Transformer(nn.Module):
       mask = attention_mask(segment_ids)
     else:
       index = cache["index"]
-      kv_segments = jax.lax.dynamic_update_slice(cache["segment_ids"], segment_ids.astype(jnp.int32), (0, index))
+      kv_segments = write_at(cache["segment_ids"], segment_ids.astype(jnp.int32), index)
       mask = attention_mask(segment_ids, kv_segments, index)
       new_k, new_v = [], []
     if c.remat == "none":
@@ -98,14 +103,16 @@ class Transformer(nn.Module):
     else:
       kernel = self.param("lm_head", nn.with_logical_partitioning(nn.initializers.normal(c.init_std), ("embed", "vocab")),
                           (c.hidden_size, c.vocab_size), pdtype)
+    if cache is not None:
+      new_cache = {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": kv_segments, "index": index + t}
     if return_hidden:
-      return x, kernel
+      return (x, kernel) if cache is None else ((x, kernel), new_cache)
     if last_only:  # prefill for generation: [B, 1, V] instead of [B, T, V]
       x = x[:, -1:]
     logits = x @ kernel.astype(dtype)
     if cache is None:
       return logits
-    return logits, {"k": jnp.stack(new_k), "v": jnp.stack(new_v), "segment_ids": kv_segments, "index": index + t}
+    return logits, new_cache
 
 
 def build_model(config) -> Transformer:
