@@ -2,8 +2,9 @@
 
 `run_eval` is what `python -m rankjax.evaluate` and the training loop's periodic evaluation call: the model,
 its params (on `mesh`), the prompt formatter and the eval settings in; results out, and with `out_dir` the
-files samples.jsonl, results.json and results.md. Every process generates (the rows of each batch are
-split over the mesh); process 0 grades, writes and returns the results.
+files samples.jsonl, results.json and results.md. Generation runs on the continuous-batching engine
+(`rankjax.models.engine`: one request per problem, its prompt prefilled once, `batch_size` decode slots split over
+the mesh); every process generates, process 0 grades (as samples finish), writes and returns the results.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from rankjax.eval import benchmarks as benchmarks_lib
 from rankjax.eval import report, samples_file, settings as settings_lib
 from rankjax.eval.answers import extract_answer
 from rankjax.eval.grading import GradingPool
-from rankjax.eval.sampler import Sampler, sample_keys
+from rankjax.eval.sampler import sample_keys
+from rankjax.models.engine import Request, Sample, engine_for
 from rankjax.models.generate import SamplingConfig
 
 DEFAULT_PLAIN_TEMPLATE = "Question: {prompt}\nAnswer: "
@@ -64,6 +66,20 @@ def _broadcast_done(done: np.ndarray) -> np.ndarray:
     return done
   from jax.experimental import multihost_utils  # noqa: PLC0415
   return np.asarray(multihost_utils.broadcast_one_to_all(done))
+
+
+def _requests(pending: list, sampling: SamplingConfig, seed: int) -> tuple[list[Request], list[list]]:
+  """One engine request per problem (its prompt is prefilled once) holding its pending samples, each with its own
+  key (`sample_keys`); and, per request, the pending items of its samples in order."""
+  groups: dict[tuple, list] = {}
+  for it in pending:
+    groups.setdefault((it.problem.benchmark, it.problem.index), []).append(it)
+  requests, owners = [], []
+  for items in groups.values():
+    keys = sample_keys(seed, [(it.problem.benchmark, it.problem.index, it.sample) for it in items])
+    requests.append(Request(list(items[0].prompt), sampling, keys=keys))
+    owners.append(items)
+  return requests, owners
 
 
 def sampling_settings(config, formatter: Formatter) -> dict:
@@ -110,11 +126,10 @@ def run_eval(model, params, formatter: Formatter, problems: dict[str, list[bench
   done = np.asarray([(it.problem.benchmark, it.problem.index, it.sample) in previous for it in items], bool)
   done = _broadcast_done(done)
   pending = [it for it, d in zip(items, done) if not d]
-  pending.sort(key=lambda it: -len(it.prompt))  # similar widths share a batch (and a compiled shape)
 
   sampling = SamplingConfig(int(config.max_new_tokens), float(config.temperature), float(config.top_p),
                             int(config.top_k), tokenizer.stop_ids)
-  sampler = Sampler(model, params, sampling, int(config.batch_size), tokenizer.pad_id or 0, mesh)
+  requests, owners = _requests(pending, sampling, int(config.seed))
   own_pool = grading_pool is None and lead
   pool = GradingPool(int(config.grading.workers) or None, float(config.grading.timeout_s)) if own_pool else grading_pool
   writer = samples_file.SamplesWriter(out_dir) if (out_dir and lead) else None
@@ -133,22 +148,33 @@ def run_eval(model, params, formatter: Formatter, problems: dict[str, list[bench
       writer.write(rows)
     return rows
 
+  finished: list[tuple[_Pending, Sample]] = []
+
+  def on_sample(i, j, sample):
+    nonlocal gen_tokens
+    gen_tokens += len(sample.tokens)
+    finished.append((owners[i][j], sample))
+    if len(finished) >= int(config.batch_size):
+      submit()
+
+  def submit():
+    if lead and finished:
+      rows = []
+      for it, c in finished:
+        text = tokenizer.decode(c.tokens)
+        rows.append({"benchmark": it.problem.benchmark, "problem": it.problem.index, "sample": it.sample,
+                     "completion": text, "answer": extract_answer(text), "gold": it.problem.gold,
+                     "correct": False, "generated_tokens": len(c.tokens), "finish": c.finish})
+      futures.append(grader.submit(grade_and_write, rows))
+      bar.update(len(rows))
+      bar.set_postfix(tok_s=f"{gen_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+    finished.clear()
+
   try:
-    for start in range(0, len(pending), sampler.rows):
-      chunk = pending[start:start + sampler.rows]
-      keys = sample_keys(int(config.seed), [(it.problem.benchmark, it.problem.index, it.sample) for it in chunk])
-      completions = sampler.generate([it.prompt for it in chunk], keys)
-      gen_tokens += sum(len(c.tokens) for c in completions)
-      if lead:
-        rows = []
-        for it, c in zip(chunk, completions):
-          text = tokenizer.decode(c.tokens)
-          rows.append({"benchmark": it.problem.benchmark, "problem": it.problem.index, "sample": it.sample,
-                       "completion": text, "answer": extract_answer(text), "gold": it.problem.gold,
-                       "correct": False, "generated_tokens": len(c.tokens), "finish": c.finish})
-        futures.append(grader.submit(grade_and_write, rows))
-        bar.update(len(chunk))
-        bar.set_postfix(tok_s=f"{gen_tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+    if requests:
+      engine = engine_for(model, params, requests, int(config.batch_size), mesh, pad_id=tokenizer.pad_id or 0)
+      engine.run(requests, on_sample)
+      submit()
     for f in futures:
       new_rows.extend(f.result())
   finally:

@@ -29,7 +29,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.top_p = 1.0
   c.top_k = 0  # 0 = off
   c.max_new_tokens = 4096
-  c.batch_size = 64  # samples generated together (rows of one generation batch, global over devices)
+  c.batch_size = 64  # decode slots of the sampling engine (samples generated at once, global over devices)
   c.seed = 0  # sample j of problem i of benchmark b uses key fold_in(fold_in(fold_in(seed, b), i), j)
   c.pass_k = (1, 16)  # Pass@k reported for each k <= num_samples
   # "auto": the checkpoint's chat template with the Qwen2.5-Math CoT system prompt when its tokenizer has one

@@ -264,8 +264,12 @@ class Engine:
         raise ValueError(f"Engine: requests[{i}] needs {need} cache slots (prompt width {bucket_length(len(r.prompt))}"
                          f" + max_new_tokens {r.sampling.max_new_tokens}) but max_len is {self.max_len}")
 
-  def run(self, requests: list[Request]) -> list[list[Sample]]:
-    """Returns, for each request, its samples in order. `self.stats` counts the run's steps and slot use."""
+  def run(self, requests: list[Request], on_sample=None) -> list[list[Sample]]:
+    """Returns, for each request, its samples in order. `self.stats` counts the run's steps and slot use.
+
+    `on_sample(i, j, sample)`, if given, is called as soon as sample j of request i is finished (in finishing
+    order), e.g. to grade and write samples while the engine goes on.
+    """
     if not requests:
       return []
     self._check(requests)
@@ -307,6 +311,8 @@ class Engine:
           results[i][j] = Sample(out[s, :length[s]].tolist(), FINISH_STOP if stop[s] else FINISH_LENGTH)
           self.stats.generated_tokens += int(length[s])
           owner[s] = None
+          if on_sample is not None:
+            on_sample(i, j, results[i][j])
     # Decode slot-steps that drew a token of a live sample (first tokens are drawn at insertion, from the prefill).
     self.stats.useful_slot_steps = int(self._fetch(state["useful"]))
     return results
