@@ -131,3 +131,11 @@ def test_bad_requests(llama):
   with pytest.raises(ValueError, match="slots"):
     Engine(m, p, slots=0, max_len=20)
   assert engine.run([]) == []
+
+
+def test_kv_cache_bytes_is_the_cache_the_engine_allocates(llama):
+  from rankjax.models.engine import kv_cache_bytes
+  m, p = llama
+  engine = Engine(m, p, slots=3, max_len=40)
+  cache = engine._init_state(8, 1)["cache"]
+  assert kv_cache_bytes(m.config, 3, 40) == cache["k"].nbytes + cache["v"].nbytes + cache["segment_ids"].nbytes

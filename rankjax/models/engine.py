@@ -339,6 +339,16 @@ class Engine:
                         jnp.int32(sp.max_new_tokens), jnp.asarray(stops))
 
 
+def kv_cache_bytes(config, slots: int, max_len: int, dtype=None) -> int:
+  """Bytes of the engine's KV cache for a model config: keys and values of every layer, slot and position
+  (2 * layers * slots * max_len * kv_heads * head_dim * itemsize), plus the int32 segment ids; `dtype` defaults to
+  the model's compute dtype (the cache's)."""
+  from rankjax.models import config as model_config  # noqa: PLC0415
+  itemsize = np.dtype(resolve_dtype(dtype or config.dtype)).itemsize
+  kv = 2 * config.num_layers * slots * max_len * config.num_kv_heads * model_config.head_dim(config) * itemsize
+  return int(kv + 4 * slots * max_len)
+
+
 def engine_for(model, params, requests: list[Request], slots: int, mesh: Mesh | None = None,
                steps_per_sync: int = 8, pad_id: int = 0) -> Engine:
   """An Engine whose max_len fits `requests` (the widest bucketed prompt + the largest max_new_tokens)."""
