@@ -1,4 +1,4 @@
-"""The continuous-batching sampling engine (rankjax.models.engine): greedy equals `generate` on every family,
+"""The continuous-batching sampling engine (rankjax.models.engine): greedy equals static batching on every family,
 samples equal `generate_tokens` with the same per-sample keys whatever the slot count, per-request settings,
 no recompiles after warm-up, sharded equals single device, bad requests."""
 
@@ -10,7 +10,13 @@ from jax.sharding import Mesh
 from rankjax import models
 from rankjax.eval.sampler import Sampler
 from rankjax.models.engine import FINISH_LENGTH, FINISH_STOP, Engine, Request, engine_for
-from rankjax.models.generate import SamplingConfig, generate
+from rankjax.models.generate import SamplingConfig
+
+
+def generate(model, params, prompts, sampling):
+  """Greedy continuations by today's static batching (`generate_tokens` on one left-padded batch)."""
+  zeros = np.zeros((len(prompts), 2), np.uint32)
+  return [c.tokens for c in Sampler(model, params, sampling, len(prompts)).generate(prompts, zeros)]
 
 VOCAB = 61
 PROMPTS = [[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 26, 43, 3, 8], [27, 18, 28], [16],

@@ -8,10 +8,10 @@ import pytest
 
 from rankjax import models
 from rankjax.eval.greedy import greedy_generate
+from rankjax.models.engine import generate
 from rankjax.models.generate import (
   SamplingConfig,
   bucket_length,
-  generate,
   generate_tokens,
   sample_next,
 )

@@ -1,14 +1,15 @@
-"""Batched greedy decoding with a KV cache (a thin wrapper over `rankjax.models.generate`)."""
+"""Greedy decoding with a KV cache (a thin wrapper over the engine's `rankjax.models.engine.generate`)."""
 
 from __future__ import annotations
 
-from rankjax.models.generate import SamplingConfig, generate
+from rankjax.models.engine import generate
+from rankjax.models.generate import SamplingConfig
 
 
 def greedy_generate(model, params, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
                     pad_id: int = 0, batch_size: int = 256) -> list[list[int]]:
   """Greedy continuations of token-id `prompts` (each without padding), up to `max_new_tokens`
-  tokens or the first EOS (excluded). Prompts are left-padded into batches; returns id lists."""
+  tokens or the first EOS (excluded), on at most `batch_size` decode slots; returns id lists."""
   if any(len(p) == 0 for p in prompts):
     raise ValueError("greedy_generate: empty prompt")
   if max_new_tokens == 0:

@@ -5,7 +5,8 @@ from rankjax.models.decoder import DecoderLayer, Transformer, build_model, init_
 from rankjax.models.hf_checkpoint import (InitFrom, build_hf_model, check_init_from_workdir, from_pretrained,
                                           load_params, resolve_init_from, save_pretrained)
 from rankjax.models.hf_config import HFConfigError, config_from_hf, config_to_hf, read_hf_config
-from rankjax.models.generate import SamplingConfig, generate
+from rankjax.models.engine import generate
+from rankjax.models.generate import SamplingConfig
 from rankjax.models.params import abstract_params, count_params, logical_axes, model_shardings
 from rankjax.models.sharding import DEFAULT_RULES, MESH_AXES, check_mesh_sizes, make_mesh, param_shardings
 

@@ -125,6 +125,7 @@ class Engine:
     if mesh is not None:
       ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
       self._axes = BATCH_AXES if self.slots % ways == 0 else None
+      self._replicate = jax.jit(lambda y: y, out_shardings=NamedSharding(mesh, P()))  # one compile per shape
     self.stats = EngineStats()
 
   def _key(self):
@@ -252,8 +253,7 @@ class Engine:
   def _fetch(self, x) -> np.ndarray:
     if self.mesh is None or jax.process_count() == 1:
       return np.asarray(jax.device_get(x))
-    replicate = jax.jit(lambda y: y, out_shardings=NamedSharding(self.mesh, P()))
-    return np.asarray(replicate(x).addressable_data(0))
+    return np.asarray(self._replicate(x).addressable_data(0))
 
   def _check(self, requests: list[Request]) -> None:
     for i, r in enumerate(requests):
@@ -354,3 +354,42 @@ def engine_for(model, params, requests: list[Request], slots: int, mesh: Mesh | 
   """An Engine whose max_len fits `requests` (the widest bucketed prompt + the largest max_new_tokens)."""
   max_len = max(bucket_length(len(r.prompt)) + r.sampling.max_new_tokens for r in requests)
   return Engine(model, params, slots, max_len, mesh, steps_per_sync, pad_id)
+
+
+def _raw_key(rng) -> jax.Array:
+  if isinstance(rng, (int, np.integer)):
+    return jax.random.PRNGKey(int(rng))
+  return jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+
+
+def generate(model, params, prompts: list[list[int]], sampling: SamplingConfig, rng=None, pad_id: int = 0,
+             batch_size: int | None = None, mesh: Mesh | None = None) -> list[list[int]]:
+  """Returns the continuation (list of token ids, stop id excluded) of each token-id prompt, by the engine.
+
+  Decode slots: the number of prompts rounded up to a power of two, at most `batch_size` (None: 256). `rng` (a PRNG key or an int seed) is required when sampling.temperature > 0: prompt i samples with
+  fold_in(rng, i), so its continuation depends on rng, the prompt and its index only, not on batch_size.
+  """
+  if not isinstance(sampling, SamplingConfig):
+    raise TypeError(f"generate: sampling must be a SamplingConfig, got {type(sampling).__name__}")
+  if batch_size is not None and batch_size <= 0:
+    raise ValueError(f"generate: batch_size={batch_size} must be positive")
+  if sampling.temperature > 0 and rng is None:
+    raise ValueError("generate: rng is required when sampling.temperature > 0")
+  vocab = int(model.config.vocab_size)
+  for i, pr in enumerate(prompts):
+    if len(pr) == 0:
+      raise ValueError(f"generate: prompts[{i}] is empty")
+    if min(pr) < 0 or max(pr) >= vocab:
+      raise ValueError(f"generate: prompts[{i}] has token ids outside [0, vocab_size={vocab})")
+  if not prompts:
+    return []
+  keys = None
+  if rng is not None:
+    base = _raw_key(rng)
+    keys = np.asarray(jax.device_get(jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.arange(len(prompts), dtype=jnp.uint32)))).astype(np.uint32)
+  requests = [Request(list(pr), sampling, keys=None if keys is None else keys[i:i + 1])
+              for i, pr in enumerate(prompts)]
+  slots = min(batch_size or 256, 1 << (len(prompts) - 1).bit_length())
+  results = engine_for(model, params, requests, slots, mesh, pad_id=pad_id).run(requests)
+  return [r[0].tokens for r in results]

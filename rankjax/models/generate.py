@@ -1,9 +1,10 @@
-"""Batched autoregressive generation with a KV cache: greedy, temperature, top-k and nucleus (top-p) sampling.
+"""Static-batch autoregressive generation with a KV cache: greedy, temperature, top-k and nucleus (top-p) sampling.
 
-`generate` takes token-id prompts of different lengths, left-pads them into static [B, P]
-batches (B and P bucketed to limit recompiles) and calls `generate_tokens`, the jitted core:
-one batched prefill of the prompts into the KV cache, then a `lax.while_loop` of single-token
-cache steps that ends when every row has hit a stop id or `max_new_tokens` tokens exist.
+`generate_tokens`, the jitted core of a static batch: one batched prefill of left-padded prompts into the KV
+cache, then a `lax.while_loop` of single-token cache steps that ends when every row has hit a stop id or
+`max_new_tokens` tokens exist (so the whole batch waits for its longest row). `SamplingConfig`, `sample_next`,
+`filter_logits` and `bucket_length` are shared with the continuous-batching engine (`rankjax.models.engine`),
+whose `generate` is the entry point for lists of prompts.
 """
 
 from __future__ import annotations
@@ -187,47 +188,3 @@ def bucket_length(n: int, minimum: int = 16) -> int:
   pow2 = 1 << max(int(n) - 1, 0).bit_length()
   step = max(minimum, pow2 // 8)
   return max(step, -(-int(n) // step) * step)
-
-
-def generate(model, params, prompts: list[list[int]], sampling: SamplingConfig, rng=None, pad_id: int = 0,
-             batch_size: int | None = None) -> list[list[int]]:
-  """Returns the continuation (list of token ids, stop id excluded) of each token-id prompt.
-
-  Prompts (no padding, any lengths) are processed in order in chunks of `batch_size` (None: all
-  at once); each chunk is left-padded with `pad_id` to [rows, bucket_length(longest)], rows the
-  next power of two of the chunk size (capped at batch_size). `rng` (a PRNG key or an int seed)
-  is required when sampling.temperature > 0; chunk c uses fold_in(rng, c), so a sampled
-  continuation depends on the prompt's chunk and row as well as on rng.
-  """
-  if not isinstance(sampling, SamplingConfig):
-    raise TypeError(f"generate: sampling must be a SamplingConfig, got {type(sampling).__name__}")
-  if batch_size is not None and batch_size <= 0:
-    raise ValueError(f"generate: batch_size={batch_size} must be positive")
-  if sampling.temperature > 0 and rng is None:
-    raise ValueError("generate: rng is required when sampling.temperature > 0")
-  if isinstance(rng, (int, np.integer)):
-    rng = jax.random.PRNGKey(int(rng))
-  vocab = int(model.config.vocab_size)
-  for i, pr in enumerate(prompts):
-    if len(pr) == 0:
-      raise ValueError(f"generate: prompts[{i}] is empty")
-    if min(pr) < 0 or max(pr) >= vocab:
-      raise ValueError(f"generate: prompts[{i}] has token ids outside [0, vocab_size={vocab})")
-  if not prompts:
-    return []
-  chunk = len(prompts) if batch_size is None else batch_size
-  results = []
-  for c, start in enumerate(range(0, len(prompts), chunk)):
-    part = prompts[start:start + chunk]
-    rows = 1 << (len(part) - 1).bit_length()
-    rows = rows if batch_size is None else min(rows, batch_size)
-    width = bucket_length(max(len(pr) for pr in part))
-    ids = np.full((rows, width), pad_id, np.int32)
-    mask = np.zeros((rows, width), np.int32)
-    for r, pr in enumerate(part):
-      ids[r, width - len(pr):] = pr
-      mask[r, width - len(pr):] = 1
-    key = None if rng is None else jax.random.fold_in(rng, c)
-    tokens, lengths = jax.device_get(generate_tokens(model, params, jnp.asarray(ids), jnp.asarray(mask), sampling, key))
-    results.extend(tokens[r, :lengths[r]].tolist() for r in range(len(part)))
-  return results
