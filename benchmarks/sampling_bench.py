@@ -1,11 +1,13 @@
-"""Sampling throughput: today's static batching (`rankjax.eval.sampler.Sampler`) vs the continuous-batching engine
+"""Sampling throughput: static batching (`rankjax.eval.sampler.Sampler`, the evaluation harness's sampler before issue
+14) vs the continuous-batching engine
 (`rankjax.models.engine.Engine`), side by side in one process, on the demo model and a 1-layer Qwen2.5-1.5B-shaped
 model (random init), on an evaluation-like workload: P prompts x n samples at temperature 1.0, per-sample keys.
 
   python benchmarks/sampling_bench.py                                   # both models, CPU-sized defaults
   python benchmarks/sampling_bench.py --models demo --prompts 16 --mean-len 60 --cap 256 --repeats 3
 
-The workload. Prompts are random token ids, lengths uniform in --prompt-len (default 40-120). Each sample's length
+The workload. Prompts are random token ids, lengths uniform in --prompt-len (default 40-120 on demo, 40-64 on
+qwen1layer, whose prompt-width buckets each cost a compile of every method). Each sample's length
 follows a geometric distribution of mean --mean-len capped at --cap (most samples stop early, a few run to the cap),
 the shape of a math evaluation where a wrong chain of thought often runs to the limit. A random model has no useful
 end-of-sequence token, so the lengths are made by the model itself: `StopHazard` wraps it so that at every decode
@@ -26,20 +28,24 @@ Methods, all with the same number of decode rows (--slots):
 - static: `Sampler` with rows = slots; items in prompt-major order (the harness's order), `rows` consecutive samples
   per batch, so a batch of 16 rows prefills the same prompt 16 times and decodes until its longest row stops;
 - engine: one Request per prompt (n samples, one prefill copied into n slots), steps_per_sync = --steps-per-sync;
-- engine, prefill per sample: one Request per sample (num_samples=1), the same engine.
+- engine, prefill per sample: one Request per sample (num_samples=1), the same engine (by default on the demo model
+  only; --per-sample names the models).
 
 Reported per model and method: wall seconds of the timed run (median of --repeats, methods alternating, after a
 warm-up that compiles every prompt-width bucket of the workload; the warm-up's wall time is reported as "warm-up s":
-compilation plus a single decode step per call, as the warm-up uses a stop probability of ~1), useful tokens/s
+compilation plus a few decode steps per call, as the warm-up's stop probability is ~1; the second engine variant
+reuses the first one's compiled functions), useful tokens/s
 (useful tokens: the sum of the samples' lengths, stop tokens excluded), the fraction of decode slot-steps that did
 useful work, decode steps, prefills, and the speed-up over static. Slot-steps count decode steps only (the first
 token of every sample is drawn from its prefill in both methods): static: sum over rows of (tokens drawn - 1) over
 rows x (decode steps of the batch), the batch running until its longest row has drawn its stop token or the cap;
 engine: `EngineStats.useful_fraction`. A final line checks the engine's greedy outputs against
-`rankjax.models.generate.generate` on the workload's prompts for the demo model (unwrapped, --check-max-new tokens).
+static batching's (`generate_tokens`, what `models.generate` ran before it moved onto the engine) on the workload's
+prompts for the demo model (unwrapped, --check-max-new tokens).
 
 The Qwen2.5-1.5B-shaped model runs in float32: XLA:CPU has no fast bf16 matmul (see model_bench). Its decode step is
-dominated by the 1536 x 151,936 LM head, about 0.5 GFLOP per row, so it gets a smaller default workload.
+dominated by the 1536 x 151,936 LM head, about 0.47 GFLOP per row, so it gets a smaller default workload (shorter
+samples too: the default run stays under ~5 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -61,13 +67,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from rankjax import models  # noqa: E402
 from rankjax.eval.sampler import Sampler, sample_keys  # noqa: E402
 from rankjax.models.engine import Engine, Request  # noqa: E402
-from rankjax.models.generate import SamplingConfig, bucket_length, generate  # noqa: E402
+from rankjax.models.generate import SamplingConfig, bucket_length  # noqa: E402
 from rankjax.train.config import load_config_file  # noqa: E402
 
 STOP_ID = 1  # prompts use ids >= 3; 0 is the pad id
 WARMUP_LOGODDS = 30.0  # the warm-up's stop log-odds: every sample stops at its first decode step
-# Per-model defaults: (prompts, mean length, cap). The Qwen-shaped decode step costs ~100x the demo's on CPU.
-DEFAULTS = {"demo": (8, 60, 256), "qwen1layer": (4, 16, 64)}
+# Per-model defaults: (prompts, mean length, cap, prompt lengths). The Qwen-shaped decode step costs ~40x the demo's
+# on CPU and each prompt-width bucket is a compile of both methods, so it gets a smaller workload of narrower prompts.
+DEFAULTS = {"demo": (8, 60, 256, "40,120"), "qwen1layer": (3, 12, 48, "40,64")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +189,12 @@ def run_engine(model, params, w: Workload, slots: int, max_len: int, steps_per_s
 
 
 def greedy_check(model, params, prompts, slots: int, max_new: int, steps_per_sync: int) -> tuple[int, int]:
-  """(prompts whose engine greedy continuation equals `generate`'s, prompts)."""
+  """(prompts whose engine greedy continuation equals static batching's, prompts). The static side is
+  `generate_tokens` on one left-padded batch of all prompts (through `Sampler`), what `models.generate` ran before
+  it moved onto the engine."""
   sampling = SamplingConfig(max_new)
-  want = generate(model, params, prompts, sampling)
+  static = Sampler(model, params, sampling, len(prompts))
+  want = [c.tokens for c in static.generate(prompts, np.zeros((len(prompts), 2), np.uint32))]
   requests = [Request(p, sampling) for p in prompts]
   max_len = max(bucket_length(len(p)) for p in prompts) + max_new
   got = Engine(model, params, slots, max_len, steps_per_sync=steps_per_sync).run(requests)
@@ -198,16 +208,16 @@ def main():
   p.add_argument("--samples", type=int, default=16, help="samples n per prompt")
   p.add_argument("--mean-len", type=int, default=0, help="mean sample length before the cap (0: per-model default)")
   p.add_argument("--cap", type=int, default=0, help="max_new_tokens (0: per-model default)")
-  p.add_argument("--prompt-len", default="40,120", help="min,max prompt length (uniform)")
+  p.add_argument("--prompt-len", default="", help="min,max prompt length, uniform (empty: per-model default)")
   p.add_argument("--slots", type=int, default=16, help="decode slots of the engine = rows of a static batch")
-  p.add_argument("--steps-per-sync", type=int, default=8, help="engine decode steps between host syncs")
+  p.add_argument("--steps-per-sync", type=int, default=4, help="engine decode steps between host syncs (the engine's default)")
   p.add_argument("--repeats", type=int, default=1, help="timed repeats per method (median), methods alternating")
-  p.add_argument("--no-per-sample", action="store_true", help="skip the engine with one Request per sample")
+  p.add_argument("--per-sample", default="demo",
+                 help="models on which the engine is also timed with one Request per sample (comma list, or none)")
   p.add_argument("--dtype", default="float32", help="compute dtype of qwen1layer (XLA:CPU: float32 is faster)")
   p.add_argument("--check-max-new", type=int, default=16, help="new tokens of the greedy check (0: skip it)")
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
-  prompt_len = tuple(int(x) for x in args.prompt_len.split(","))
 
   device = jax.devices()[0]
   print(f"jax {jax.__version__}, {device.platform} ({device.device_kind}), {os.cpu_count()} cores; temperature 1.0, "
@@ -216,8 +226,9 @@ def main():
   rows, checks = [], []
   for name in args.models.split(","):
     config = demo_model_config() if name == "demo" else qwen_1layer_config(args.dtype)
-    d_prompts, d_mean, d_cap = DEFAULTS[name]
+    d_prompts, d_mean, d_cap, d_len = DEFAULTS[name]
     prompts, mean_len, cap = args.prompts or d_prompts, args.mean_len or d_mean, args.cap or d_cap
+    prompt_len = tuple(int(x) for x in (args.prompt_len or d_len).split(","))
     inner = models.build_model(config)
     inner_params = models.init_params(inner, jax.random.PRNGKey(args.seed))
     model = StopHazard(inner)
@@ -230,7 +241,7 @@ def main():
         "static": lambda prm, wl: run_static(model, prm, wl, args.slots),
         "engine": lambda prm, wl: run_engine(model, prm, wl, args.slots, max_len, args.steps_per_sync, True),
     }
-    if not args.no_per_sample:
+    if name in args.per_sample.split(","):
       methods["engine, prefill per sample"] = lambda prm, wl: run_engine(model, prm, wl, args.slots, max_len,
                                                                          args.steps_per_sync, False)
     warm_s = {}
@@ -258,22 +269,23 @@ def main():
       rate = useful / wall
       base = rate if method == "static" else base
       rows.append((name, method, wall, warm_s[method], useful, rate, r["useful_slot_steps"] / max(r["slot_steps"], 1),
-                   r["steps"], r["prefills"], f"{same}/{len(reference)}", rate / base))
+                   r["steps"], 1e3 * wall / max(r["steps"], 1), r["prefills"], f"{same}/{len(reference)}", rate / base))
     if name == "demo" and args.check_max_new:
       checks.append((name, *greedy_check(inner, inner_params, w.prompts, args.slots, args.check_max_new,
                                          args.steps_per_sync)))
 
   print("\n| model | method | wall s | warm-up s | useful tokens | useful tokens/s | useful slot-steps | decode steps "
-        "| prefills | same samples | speed-up |")
-  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-  for name, method, wall, warm, useful, rate, frac, steps, prefills, same, speed in rows:
+        "| wall ms / decode step | prefills | same samples | speed-up |")
+  print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+  for name, method, wall, warm, useful, rate, frac, steps, ms, prefills, same, speed in rows:
     print(f"| {name} | {method} | {wall:.2f} | {warm:.1f} | {useful:,} | {rate:,.0f} | {100 * frac:.1f}% | {steps:,} "
-          f"| {prefills} | {same} | {speed:.2f}x |")
+          f"| {ms:,.1f} | {prefills} | {same} | {speed:.2f}x |")
   print("\nuseful tokens: sum of sample lengths (stop token excluded); useful slot-steps: decode slot-steps that drew a "
         "token of a live sample; static prefills: rows of its batched prefills; same samples: samples whose tokens "
-        "equal static batching's.")
+        "equal static batching's; wall ms / decode step: wall s over decode steps (prefills and host work included).")
   for name, ok, total in checks:
-    print(f"greedy check ({name}, {args.check_max_new} new tokens): engine == generate on {ok}/{total} prompts")
+    print(f"greedy check ({name}, {args.check_max_new} new tokens): engine == static generate_tokens on {ok}/{total} "
+          "prompts")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,15 @@ def test_kv_cache_bytes_is_the_cache_the_engine_allocates(llama):
   engine = Engine(m, p, slots=3, max_len=40)
   cache = engine._init_state(8, 1)["cache"]
   assert kv_cache_bytes(m.config, 3, 40) == cache["k"].nbytes + cache["v"].nbytes + cache["segment_ids"].nbytes
+
+
+def test_unfiltered_sampling_skips_the_sort_and_still_equals_generate_tokens(llama):
+  from rankjax.models.engine import _k_max
+  m, p = llama
+  plain = SamplingConfig(max_new_tokens=6, temperature=1.0)
+  requests = [Request(PROMPTS[3], plain, keys=_keys(3, seed=5))]
+  assert _k_max(requests, VOCAB) == -1
+  assert _k_max(requests + [Request(PROMPTS[1], SamplingConfig(4, temperature=1.0, top_k=7), keys=_keys(1))],
+                VOCAB) == 7
+  got = _tokens(engine_for(m, p, requests, slots=2).run(requests))[0]
+  assert got == [c.tokens for c in Sampler(m, p, plain, 3).generate([PROMPTS[3]] * 3, requests[0].keys)]

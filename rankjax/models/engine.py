@@ -3,8 +3,8 @@
 The engine holds a KV cache of static shape [layers, slots, max_len, kv_heads, head_dim] whose rows ("slots") each
 hold one sample at its own length (a per-row cache index). A request is a prompt and n samples: its prompt is
 prefilled once (batch 1, right-padded to a bucketed width) and that cache is copied into the slots of its samples;
-each sample then decodes one token per engine step. Every `steps_per_sync` steps the host collects the finished
-samples and refills their slots at once with pending ones, so short samples do not wait for long ones.
+each sample then decodes one token per engine step. Every `steps_per_sync` steps (4) the host collects the
+finished samples and refills their slots at once with pending ones, so short samples do not wait for long ones.
 
 Every shape is static (slots, max_len, the sync interval; prompt widths are bucketed), so nothing recompiles after
 the first few calls. Sample j of a request draws its t-th token (t = 0 for the token after the prompt) with
@@ -96,15 +96,34 @@ def _filtered(logits, top_p, top_k, k_max: int):
 
 
 def _pick(logits, key, step, temperature, top_p, top_k, k_max: int):
-  """The token of one slot from logits [V]: argmax at temperature 0, else drawn with fold_in(key, step)."""
+  """The token of one slot from logits [V]: argmax at temperature 0, else drawn with fold_in(key, step).
+
+  `k_max` (static): 0 when every request is greedy, -1 when no sampled request filters (top_k 0 and top_p 1: no
+  sort of the vocabulary), else the bound of `_filtered`.
+  """
   logits = logits.astype(jnp.float32)
   greedy = jnp.argmax(logits).astype(jnp.int32)
-  if k_max == 0:  # every request is greedy
+  if k_max == 0:
     return greedy
   scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-  filtered = _filtered(scaled, top_p, top_k, k_max)
-  drawn = jax.random.categorical(jax.random.fold_in(key, step), filtered).astype(jnp.int32)
+  if k_max > 0:
+    filters = (top_k > 0) | (top_p < 1.0)
+    scaled = jnp.where(filters, _filtered(scaled, top_p, top_k, k_max), scaled)
+  drawn = jax.random.categorical(jax.random.fold_in(key, step), scaled).astype(jnp.int32)
   return jnp.where(temperature > 0, drawn, greedy)
+
+
+def _k_max(requests, vocab: int) -> int:
+  """The static filtering bound of a run (see `_pick`)."""
+  sampled = [r.sampling for r in requests if r.sampling.temperature > 0]
+  if not sampled:
+    return 0
+  filtering = [sp for sp in sampled if sp.top_k > 0 or sp.top_p < 1.0]
+  if not filtering:
+    return -1
+  if any(sp.top_k == 0 for sp in filtering):  # a nucleus over the whole vocabulary needs it sorted
+    return vocab
+  return min(max(sp.top_k for sp in filtering), vocab)
 
 
 class Engine:
@@ -114,7 +133,7 @@ class Engine:
   axes ("data", "fsdp"), params are used as placed; every process must call `run` with the same requests.
   """
 
-  def __init__(self, model, params, slots: int, max_len: int, mesh: Mesh | None = None, steps_per_sync: int = 8,
+  def __init__(self, model, params, slots: int, max_len: int, mesh: Mesh | None = None, steps_per_sync: int = 4,
                pad_id: int = 0):
     if slots < 1 or max_len < 2 or steps_per_sync < 1:
       raise ValueError(f"Engine: slots={slots}, max_len={max_len}, steps_per_sync={steps_per_sync} must be >= 1, "
@@ -275,11 +294,7 @@ class Engine:
     self._check(requests)
     max_new = max(r.sampling.max_new_tokens for r in requests)
     max_stops = max([len(r.sampling.stop_ids) for r in requests] + [1])
-    sampled = [r for r in requests if r.sampling.temperature > 0]
-    k_max = 0
-    if sampled:
-      k_max = self.vocab if any(r.sampling.top_k == 0 for r in sampled) else max(r.sampling.top_k for r in sampled)
-      k_max = min(k_max, self.vocab)
+    k_max = _k_max(requests, self.vocab)
     state = self._init_state(max_new, max_stops)
     self.stats = EngineStats()
     results = [[None] * r.num_samples for r in requests]
@@ -350,7 +365,7 @@ def kv_cache_bytes(config, slots: int, max_len: int, dtype=None) -> int:
 
 
 def engine_for(model, params, requests: list[Request], slots: int, mesh: Mesh | None = None,
-               steps_per_sync: int = 8, pad_id: int = 0) -> Engine:
+               steps_per_sync: int = 4, pad_id: int = 0) -> Engine:
   """An Engine whose max_len fits `requests` (the widest bucketed prompt + the largest max_new_tokens)."""
   max_len = max(bucket_length(len(r.prompt)) + r.sampling.max_new_tokens for r in requests)
   return Engine(model, params, slots, max_len, mesh, steps_per_sync, pad_id)
