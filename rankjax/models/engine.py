@@ -2,12 +2,14 @@
 
 The engine holds a KV cache of static shape [layers, slots, max_len, kv_heads, head_dim] whose rows ("slots") each
 hold one sample at its own length (a per-row cache index). A request is a prompt and n samples: its prompt is
-prefilled once (batch 1, right-padded to a bucketed width) and that cache is copied into the slots of its samples;
+prefilled once (with the other prompts that enter slots at the same time, right-padded to a bucketed width) and
+that cache is copied into the slots of its samples;
 each sample then decodes one token per engine step. Every `steps_per_sync` steps (4) the host collects the
 finished samples and refills their slots at once with pending ones, so short samples do not wait for long ones.
 
-Every shape is static (slots, max_len, the sync interval; prompt widths are bucketed), so nothing recompiles after
-the first few calls. Sample j of a request draws its t-th token (t = 0 for the token after the prompt) with
+Every shape is static (slots, max_len, the sync interval); prompt widths are bucketed and prefill batches have a
+power-of-two number of rows, so the programs compiled are bounded (per width bucket, at most log2(slots) + 1 prefill
+and insert shapes) and a warmed-up engine does not recompile. Sample j of a request draws its t-th token (t = 0 for the token after the prompt) with
 fold_in(key_j, t), key_j being the sample's own raw PRNG key: results do not depend on the slot count, the slot a
 sample ran in or its neighbours, and they equal `generate_tokens` with the same per-row keys (up to float rounding
 of the logits, which prompt padding may change in the last bit). Greedy requests (temperature 0) need no key.
@@ -193,34 +195,35 @@ class Engine:
     return state
 
   @functools.partial(jax.jit, static_argnums=(0,))
-  def _prefill(self, params, ids, length):
-    """(cache of the prompt [layers, 1, W, ...], its logits at the last real token [V]) of ids [1, W]."""
-    w = ids.shape[1]
-    segments = (jnp.arange(w)[None] < length).astype(jnp.int32)
-    cache = init_cache(self.model.config, 1, w, resolve_dtype(self.model.config.dtype))
+  def _prefill(self, params, ids, lengths):
+    """(cache of the prompts [layers, R, W, ...], logits at each prompt's last real token [R, V]) of right-padded
+    ids [R, W] with `lengths` [R] (>= 1)."""
+    r, w = ids.shape
+    segments = (jnp.arange(w)[None] < lengths[:, None]).astype(jnp.int32)
+    cache = init_cache(self.model.config, r, w, resolve_dtype(self.model.config.dtype))
     (hidden, kernel), cache = self.model.apply(
-        {"params": params}, ids, positions=jnp.arange(w, dtype=jnp.int32)[None], segment_ids=segments, cache=cache,
-        return_hidden=True)
-    last = hidden[0, length - 1]
+        {"params": params}, ids, positions=jnp.broadcast_to(jnp.arange(w, dtype=jnp.int32), (r, w)),
+        segment_ids=segments, cache=cache, return_hidden=True)
+    last = hidden[jnp.arange(r), lengths - 1]
     return cache, (last @ kernel.astype(last.dtype)).astype(jnp.float32)
 
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
-  def _insert(self, k_max, state, slot_ids, prompt_cache, logits, length, keys, temperature, top_p, top_k, max_new,
-              stop_ids):
-    """Puts one prompt's cache into the slots `slot_ids` [slots] (entries == slots are padding, dropped) and
-    draws each new sample's first token from the prompt's `logits` with its key."""
+  def _insert(self, k_max, state, slot_ids, src, prompt_cache, logits, length, keys, temperature, top_p, top_k,
+              max_new, stop_ids):
+    """Puts row src[i] of a prefill batch (`prompt_cache`, `logits` [R, V]) into slot slot_ids[i] (entries equal
+    to the slot count are padding, dropped) and draws each new sample's first token with its key. Every other
+    argument is per entry ([slots] or [slots, ...])."""
     w = prompt_cache["k"].shape[2]
     n = slot_ids.shape[0]
     cache = dict(state["cache"])
     for name in ("k", "v"):
-      src = jnp.broadcast_to(prompt_cache[name], prompt_cache[name].shape[:1] + (n,) + prompt_cache[name].shape[2:])
-      cache[name] = cache[name].at[:, slot_ids, :w].set(src, mode="drop")
-    segs = jnp.zeros((n, self.max_len), jnp.int32).at[:, :w].set(jnp.broadcast_to(prompt_cache["segment_ids"],
-                                                                                   (n, w)))
+      cache[name] = cache[name].at[:, slot_ids, :w].set(prompt_cache[name][:, src], mode="drop")
+    segs = jnp.zeros((n, self.max_len), jnp.int32).at[:, :w].set(prompt_cache["segment_ids"][src])
     cache["segment_ids"] = cache["segment_ids"].at[slot_ids].set(segs, mode="drop")
     cache["index"] = cache["index"].at[slot_ids].set(length, mode="drop")
-    first = jax.vmap(lambda key: _pick(logits, key, 0, temperature, top_p, top_k, k_max))(keys)
-    hit = jnp.any(first[:, None] == stop_ids[None, :], axis=1)
+    first = jax.vmap(lambda lg, key, t, p, k: _pick(lg, key, 0, t, p, k, k_max))(
+        logits[src], keys, temperature, top_p, top_k)
+    hit = jnp.any(first[:, None] == stop_ids, axis=1)
     upd = lambda x, v: x.at[slot_ids].set(v, mode="drop")  # noqa: E731
     out_row = jnp.zeros((n, state["out"].shape[1]), jnp.int32).at[:, 0].set(jnp.where(hit, 0, first))
     new = dict(state, cache=cache)
@@ -231,9 +234,9 @@ class Engine:
     new["finish_stop"] = upd(state["finish_stop"], hit)
     new["out"] = upd(state["out"], out_row)
     new["key"] = upd(state["key"], keys)
-    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_new", max_new)):
-      new[name] = upd(state[name], jnp.broadcast_to(value, (n,)))
-    new["stop_ids"] = upd(state["stop_ids"], jnp.broadcast_to(stop_ids, (n,) + stop_ids.shape))
+    for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("max_new", max_new),
+                        ("stop_ids", stop_ids)):
+      new[name] = upd(state[name], value)
     return new
 
   @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
@@ -300,22 +303,21 @@ class Engine:
     results = [[None] * r.num_samples for r in requests]
     queue = collections.deque((i, j) for i, r in enumerate(requests) for j in range(r.num_samples))
     owner = [None] * self.slots  # (request, sample) in each slot
-    prefilled = {}  # request -> (cache, logits), dropped once all its samples are placed
+    prefilled = {}  # request -> (prefill batch, row), dropped once all its samples are placed
     placed = collections.Counter()
     while queue or any(o is not None for o in owner):
       free = [s for s in range(self.slots) if owner[s] is None]
+      round_ = []  # (slot, (request, sample)) placed now
       while free and queue:
-        i = queue[0][0]
-        batch = []
-        while queue and queue[0][0] == i and len(batch) < len(free):
-          batch.append(queue.popleft())
-        slots_now, free = free[:len(batch)], free[len(batch):]
-        state = self._place(state, k_max, requests[i], i, batch, slots_now, prefilled, max_stops)
-        for slot, item in zip(slots_now, batch):
-          owner[slot] = item
-        placed[i] += len(batch)
-        if placed[i] == requests[i].num_samples:
-          prefilled.pop(i, None)
+        slot, item = free.pop(0), queue.popleft()
+        round_.append((slot, item))
+        owner[slot] = item
+      if round_:
+        state = self._refill(state, k_max, requests, round_, prefilled, max_stops)
+        for _, (i, _) in round_:
+          placed[i] += 1
+          if placed[i] == requests[i].num_samples:
+            prefilled.pop(i, None)
       state = self._decode(k_max, self.params, state)
       self.stats.steps += self.steps_per_sync
       self.stats.slot_steps += self.steps_per_sync * self.slots
@@ -332,26 +334,46 @@ class Engine:
     self.stats.useful_slot_steps = int(self._fetch(state["useful"]))
     return results
 
-  def _place(self, state, k_max, request: Request, i: int, batch, slots_now, prefilled, max_stops):
-    if i not in prefilled:
-      width = bucket_length(len(request.prompt))
-      ids = np.full((1, width), self.pad_id, np.int32)
-      ids[0, :len(request.prompt)] = request.prompt
-      prefilled[i] = self._prefill(self.params, jnp.asarray(ids), jnp.int32(len(request.prompt)))
-      self.stats.prefills += 1
-    cache, logits = prefilled[i]
-    n = len(batch)
-    slot_ids = np.full((self.slots,), self.slots, np.int32)
-    slot_ids[:n] = slots_now
-    keys = np.zeros((self.slots, 2), np.uint32)
-    if request.keys is not None:
-      keys[:n] = request.keys[[j for _, j in batch]]
-    sp = request.sampling
-    stops = np.full((max_stops,), NO_STOP, np.int32)
-    stops[:len(sp.stop_ids)] = sp.stop_ids
-    return self._insert(k_max, state, jnp.asarray(slot_ids), cache, logits, jnp.int32(len(request.prompt)),
-                        jnp.asarray(keys), jnp.float32(sp.temperature), jnp.float32(sp.top_p), jnp.int32(sp.top_k),
-                        jnp.int32(sp.max_new_tokens), jnp.asarray(stops))
+  def _refill(self, state, k_max, requests, round_, prefilled, max_stops):
+    """Places the samples of `round_` [(slot, (request, sample))]: the prompts not yet prefilled are prefilled
+    together (one batch, rows a power of two, the widest prompt's bucketed width), then one insert per prefill
+    batch the samples come from (a prompt whose samples did not all fit stays prefilled for the next round)."""
+    new = list(dict.fromkeys(i for _, (i, _) in round_ if i not in prefilled))
+    if new:
+      rows = 1 << (len(new) - 1).bit_length()
+      width = bucket_length(max(len(requests[i].prompt) for i in new))
+      ids = np.full((rows, width), self.pad_id, np.int32)
+      lengths = np.ones((rows,), np.int32)
+      for r, i in enumerate(new):
+        ids[r, :len(requests[i].prompt)] = requests[i].prompt
+        lengths[r] = len(requests[i].prompt)
+      batch = self._prefill(self.params, jnp.asarray(ids), jnp.asarray(lengths))
+      self.stats.prefills += len(new)
+      for r, i in enumerate(new):
+        prefilled[i] = (batch, r)
+    by_batch = collections.defaultdict(list)
+    for slot, (i, j) in round_:
+      by_batch[id(prefilled[i][0])].append((slot, i, j))
+    for entries in by_batch.values():
+      (cache, logits), _ = prefilled[entries[0][1]]
+      n = self.slots
+      slot_ids = np.full((n,), n, np.int32)
+      src = np.zeros((n,), np.int32)
+      length = np.zeros((n,), np.int32)
+      keys = np.zeros((n, 2), np.uint32)
+      temperature, top_p = np.zeros((n,), np.float32), np.ones((n,), np.float32)
+      top_k, max_new = np.zeros((n,), np.int32), np.ones((n,), np.int32)
+      stops = np.full((n, max_stops), NO_STOP, np.int32)
+      for e, (slot, i, j) in enumerate(entries):
+        r, sp = requests[i], requests[i].sampling
+        slot_ids[e], src[e], length[e] = slot, prefilled[i][1], len(r.prompt)
+        if r.keys is not None:
+          keys[e] = r.keys[j]
+        temperature[e], top_p[e], top_k[e], max_new[e] = sp.temperature, sp.top_p, sp.top_k, sp.max_new_tokens
+        stops[e, :len(sp.stop_ids)] = sp.stop_ids
+      state = self._insert(k_max, state, *map(jnp.asarray, (slot_ids, src)), cache, logits,
+                           *map(jnp.asarray, (length, keys, temperature, top_p, top_k, max_new, stops)))
+    return state
 
 
 def kv_cache_bytes(config, slots: int, max_len: int, dtype=None) -> int:
