@@ -5,7 +5,8 @@ the uninterrupted run's, bit for bit: parameters, optimizer state, data-iterator
     python experiments/fault_injection.py --workdir=/tmp/fi --kills=50 --seed=0 [--config.total_steps=80 ...]
 
 Each kill first picks a phase at random, then a random moment inside it:
-  start-up          a time drawn uniformly from [0, the reference run's start-up time] after launch;
+  start-up          a time drawn uniformly from [0, the reference run's start-up time] after launch, or the
+                    launch's first new logged step if that comes sooner (a relaunch starts faster);
   step              after the run has logged a step, a delay drawn from [0, 4 step times];
   checkpoint write  while a temporary checkpoint directory (`<step>.orbax-checkpoint-tmp-*`) exists, after a
                     delay drawn from [0, 20 ms].
@@ -110,7 +111,10 @@ def kill_once(index: int, cmd: list[str], workdir: str, phase: str, rng: np.rand
   proc = launch(cmd, log_path)
   deadline = start + limit_s
   if phase == "start-up":
-    _wait_until(lambda: False, proc, start + rng.uniform(0, startup_s))
+    # A relaunch starts faster than the reference (its tokenizer and data are ready): stop waiting at its first
+    # new logged step, so the kill stays in start-up and the run does not race through its remaining steps.
+    before = logged_steps(workdir)
+    _wait_until(lambda: logged_steps(workdir) > before, proc, start + rng.uniform(0, startup_s), poll_s=0.005)
   elif phase == "step":
     before = logged_steps(workdir)
     if _wait_until(lambda: logged_steps(workdir) > before, proc, deadline):
