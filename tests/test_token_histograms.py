@@ -72,10 +72,10 @@ def test_loss_histograms_count_supervised_tokens_only_and_values_match_token_wei
   assert float(aux["hist/weight/counts"].sum()) == mask.sum()
   np.testing.assert_allclose(float(aux["hist/weight/max"]), w.max(), rtol=1e-6)
   np.testing.assert_allclose(float(aux["hist/weight/sum"]), w.sum(), rtol=1e-5)
-  # Without diagnostics, schemes other than RankTuner have no S_t (and no E[R_t]) to show.
+  # Without diagnostics, a scheme computes only the statistics its weights need: SFT none beyond p_t.
   _, aux = losses.weighted_loss(logits, targets, jnp.asarray(mask), loss_config(histograms=True, name="sft",
                                                                                 diagnostics=False))
-  assert set(th.names_in(aux)) == {"weight", "prob", "entropy_bits", "rank"}
+  assert set(th.names_in(aux)) == {"weight", "prob"}
   _, aux = losses.weighted_loss(logits, targets, jnp.asarray(mask), loss_config())
   assert not th.names_in(aux)
 

@@ -28,12 +28,13 @@ def default_config() -> ml_collections.ConfigDict:
   # Bound form: S_t = max(p_t s_t, bound_floor)^(-K_t), so S_t <= 1 / bound_floor (spec section 3; the
   # reference implementation's 1e-6).
   config.bound_floor = 1e-6
-  # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux
-  # dashboard even when the scheme does not need it.
+  # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux dashboard even when
+  # the scheme does not need it. Training does so only on the steps whose metrics it logs (the
+  # `diagnose` flag of the losses); other steps compute what the weights need (`stats_options`).
   config.diagnostics = True
-  # Histograms of w_t, p_t, H_t, R_t, E[R_t] and S_t over the supervised tokens in the aux
-  # ("hist/<statistic>/counts" etc., `rankjax.losses.token_histograms`): training turns them on
-  # (quantiles to metrics.jsonl, histograms to TensorBoard every log_every steps).
+  # Histograms of w_t, p_t, H_t, R_t, E[R_t] and S_t (those computed) over the supervised tokens in
+  # the aux ("hist/<statistic>/counts" etc., `rankjax.losses.token_histograms`): training turns them on
+  # (quantiles to metrics.jsonl, histograms to TensorBoard, computed on log steps only).
   config.histograms = False
   # Every `dump_tokens` optimizer steps (0: never), the loop writes per-token records (token, p_t,
   # H_t, R_t, E[R_t], S_t, w_t) of the first `dump_sequences` sequences of the step's batch to
@@ -90,15 +91,20 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 
 
-def expected_rank_options(config) -> dict:
-  """Keyword arguments of `token_stats` for E[R_t] under `config`."""
-  return {"with_expected_rank": needs_expected_rank(config), "expected_rank": config.expected_rank,
+def stats_options(config, diagnostics: bool | None = None) -> dict:
+  """Keyword arguments of `token_stats` under `config`: only the statistics the weights need, or all of them
+  with diagnostics (`diagnostics` overrides `config.diagnostics`).
+
+  The weights need: sft, dft, talr, eaft nothing beyond log p_t (EAFT's top-K entropy is separate);
+  RankTuner exact R_t and E[R_t]; RankTuner bound H_t, R_t and log p_max (always computed: it is free).
+  """
+  diagnose = bool(config.diagnostics) if diagnostics is None else bool(diagnostics)
+  ranktuner = config.name == "ranktuner"
+  return {"with_expected_rank": diagnose or (ranktuner and config.form == "exact"),
+          "with_entropy": diagnose or (ranktuner and config.form == "bound"),
+          "with_rank": diagnose or ranktuner,
+          "expected_rank": config.expected_rank,
           "bin_width": float(config.histogram_bin_width), "range_nats": float(config.histogram_range)}
-
-
-def needs_expected_rank(config) -> bool:
-  """Whether the weights (or the diagnostics) need E[R_t], the expensive statistic."""
-  return bool(config.diagnostics) or (config.name == "ranktuner" and config.form == "exact")
 
 
 def needs_batch_log_probs(config) -> bool:

@@ -1,27 +1,20 @@
 """The expected rank E[R] = sum_k k p_(k) of a distribution given by logits: exact (sort) or streamed
-(histogram of log-probabilities, with a certified interval).
+(a histogram of token counts by log-probability, with a certified interval).
 
 Histogram method: token i falls in bin b = floor((max z - z_i) / delta) (the last bin, below
-`range_nats`, takes the whole tail). Bins are disjoint intervals of log p, so a bin's tokens
-all outrank the next bin's: with c_b tokens and mass M_b per bin and C_b tokens in higher bins,
-E[R] = sum_b (C_b M_b + S_b), where S_b = sum_j j p_(j) over the bin's own sorted tokens is the
-only unknown. Probabilities within a bin differ by a factor < e^delta, so
-max(M_b, M_b e^-delta (c_b + 1) / 2) <= S_b <= M_b (c_b + 1) / 2 (Chebyshev's sum inequality), and
-S_b >= M_b in the tail bin. The estimate is the interval's midpoint, so its relative error is at most
-(1 - e^-delta) / 2 < delta / 2 (0.5% at delta = 0.01 nats) plus float32 rounding (below
-`ROUNDING_SLACK`); measured errors are far smaller (benchmarks/README.md). Cost: O(V) per token
-(scatter-adds), no sort.
-
-Rounding. A float32 scatter-add sums a bin's masses one token at a time: on a near-flat row at
-V = 32,000 that lost 3e-4 of the mass, more than the interval allows. So each probability is split
-as p = p1 + p2 + r and each part is summed per bin on its own. p1 is p rounded to a multiple of a
-power of two g_b chosen per bin so that every partial sum of the bin's p1's is an exact float32
-number (below 2^24 g_b); p2 is the rest rounded to a grid 2^(23 - ceil(log2 V)) times finer, whose
-sums are exact too; only r, below V 2^-23 g_b per token, is summed with float32 rounding, off by at
-most gamma(c_b) sum |r| in any order (gamma(n) = n u / (1 - n u), u = 2^-24). The interval widens by
-that bound per bin (below 1e-4 of E[R] for V <= 262,144); `ROUNDING_SLACK` covers the rest
-(p = exp(z - lse) in float32, the sums over bins). This holds for V <= 2^22 (larger V is refused),
-in the dense, fused and vocabulary-parallel paths (shards' exact sums add exactly).
+`range_nats`, takes the whole tail). Bins are disjoint intervals of log p, so a bin's c_b tokens
+take exactly the ranks C_b + 1, ..., C_b + c_b of the sorted row (C_b tokens in higher bins), and
+each has a probability in (q_b e^-delta, q_b], q_b = p_max e^(-b delta) the bin's upper edge (in
+[0, q_b] in the tail bin). Hence
+    e^-delta A' <= E[R] <= A,   A = sum_b q_b c_b (C_b + (c_b + 1) / 2)
+(A' the same sum without the tail bin): only the counts are needed, no probability masses. The
+probabilities also sum to 1, which `expected_rank_from_counts` uses to narrow this interval (exact
+on flat and one-hot rows). The estimate is the interval's midpoint, so its relative error is at most
+tanh(delta / 2) < (e^delta - 1) / 2 (spec section 2; 0.5% at delta = 0.01 nats); measured errors are
+far smaller (benchmarks/README.md). The interval widens for float32 rounding: bin edges by 2^-20,
+sums over bins (two-level, at most 64 terms each) by gamma(128), plus `ROUNDING_SLACK`; counts are
+exact int32. Cost: one int32 scatter-add per vocabulary entry, no exponential and no sort, then O(K)
+per row; counts of vocabulary shards add exactly (psum).
 """
 
 from __future__ import annotations
@@ -30,30 +23,12 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
-# Relative widening of the certified interval for float32 rounding of p = exp(z - lse) and of the
-# sums over bins (the bin masses' own summation error is bounded per bin, see the module docstring).
+# Relative widening of the certified interval for float32 rounding of the products and differences in the
+# bounds (bin edges and sums over bins are widened separately).
 ROUNDING_SLACK = 1e-4
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
-MAX_VOCAB = 2 ** 22  # the largest V whose bin masses the histogram sums exactly (module docstring)
-
-
-@struct.dataclass
-class LogProbHistogram:
-  """Per-bin sums of one row's tokens, [..., K] float32 each; rows of vocabulary shards add up.
-
-  counts: tokens per bin (integers, exact below 2^24).
-  masses, mid, remainders: sums of the three parts p1, p2, r of the bin's probabilities (see the
-    module docstring); the first two are exact, and M_b = masses + mid + remainders.
-  remainder_bound: a bound on sum |r| over the bin's tokens, for the rounding bound.
-  """
-
-  counts: jax.Array
-  masses: jax.Array
-  mid: jax.Array
-  remainders: jax.Array
-  remainder_bound: jax.Array
+MAX_VOCAB = 2 ** 24  # counts and ranks are exact float32 integers up to here
 
 
 def _sortable_int_keys(x: jax.Array) -> jax.Array:
@@ -85,31 +60,13 @@ def num_bins(bin_width: float, range_nats: float) -> int:
   return int(math.ceil(range_nats / bin_width)) + 1
 
 
-def _grid_exponent(row_max, lse, bins, bin_width: float, vocab_size: int) -> jax.Array:
-  """e_b (int32) such that g_b = 2^(e_b - 23) is the grid on which bin b's masses add exactly.
+def log_prob_histogram(logits: jax.Array, bin_width: float, range_nats: float, row_max: jax.Array | None = None,
+                       vocab_size: int | None = None) -> jax.Array:
+  """Token counts [..., K] int32 of each row by bin floor((row_max - z) / bin_width), K = `num_bins`.
 
-  Bin b holds at most min(1, V p_b) of probability, p_b = exp(row_max - lse - b delta) its largest
-  probability. With 2^e >= that bound (a 2% margin for rounding), every partial sum of on-grid
-  parts, <= 2^e (1 + V 2^-24), stays below 2^24 g = 2^(e + 1): exact in float32. Any e at least
-  that large is valid too, so tokens of one bin rounded to neighbouring e still add exactly.
-  """
-  log2_bound = math.log2(vocab_size) + ((row_max - lse)[..., None] - bins * bin_width) / math.log(2.0)
-  # Below -80 (bins of mass < 1e-24) a coarser grid keeps every power of two used here normal.
-  return jnp.clip(jnp.ceil(jnp.minimum(log2_bound, 0.0) + 0.03), -80, 1).astype(jnp.int32)
-
-
-def _power_of_two(e: jax.Array) -> jax.Array:
-  """2^e as float32, exactly, for integer e in [-126, 127] (jnp.ldexp goes through pow)."""
-  return jax.lax.bitcast_convert_type((e + 127) << 23, jnp.float32)
-
-
-def log_prob_histogram(logits: jax.Array, lse: jax.Array, bin_width: float, range_nats: float,
-                       row_max: jax.Array | None = None, vocab_size: int | None = None) -> LogProbHistogram:
-  """`LogProbHistogram` [..., K] of each row's tokens by bin of (row_max - z) / bin_width.
-
-  Masses are probabilities exp(z - lse). `row_max` defaults to the row's max logit; passing a
-  shared maximum (e.g. the max over vocabulary shards) with the whole `vocab_size` (default: the
-  last axis of `logits`) makes histograms of a row's vocabulary pieces summable (tree-map a psum).
+  `row_max` defaults to the row's max logit; passing a shared maximum (e.g. the max over vocabulary
+  shards) makes the counts of a row's vocabulary pieces summable (psum). `vocab_size` (default: the
+  last axis) is the whole row's, checked against `MAX_VOCAB`.
   """
   k = num_bins(bin_width, range_nats)
   z = logits.astype(jnp.float32)
@@ -119,59 +76,68 @@ def log_prob_histogram(logits: jax.Array, lse: jax.Array, bin_width: float, rang
   vocab_size = v if vocab_size is None else vocab_size
   if vocab_size > MAX_VOCAB:
     raise ValueError(f"expected_rank='histogram': vocabulary size {vocab_size} (logits {logits.shape}) is above "
-                     f"{MAX_VOCAB}, where its rounding bound holds; use expected_rank='sort'")
+                     f"{MAX_VOCAB}, where its counts stay exact; use expected_rank='sort'")
   rows = math.prod(lead)
-  # The rest p - p1 (|.| <= g / 2) goes on a grid 2^fine times finer: its sum of magnitudes over
-  # a bin, < V g, stays below 2^24 times that grid (one bit of margin).
-  fine = 23 - math.ceil(math.log2(vocab_size))
-  b = jnp.clip(jnp.floor((row_max[..., None] - z) / bin_width), 0, k - 1)
-  p = jnp.exp(z - lse[..., None])
-  e = _grid_exponent(row_max, lse, b, bin_width, vocab_size)
-  # Products by powers of two are exact, and so are both differences (Sterbenz).
-  on_grid = jnp.round(p * _power_of_two(23 - e)) * _power_of_two(e - 23)
-  rest = p - on_grid
-  on_fine_grid = jnp.round(rest * _power_of_two(23 + fine - e)) * _power_of_two(e - 23 - fine)
-  flat = (b.astype(jnp.int32).reshape(rows, v) + (jnp.arange(rows, dtype=jnp.int32) * k)[:, None]).reshape(-1)
-
-  def per_bin(x):
-    return jnp.zeros((rows * k,), jnp.float32).at[flat].add(x.reshape(-1)).reshape(lead + (k,))
-
-  counts = per_bin(jnp.ones_like(p))
-  # |remainder| <= the fine grid / 2 per token; a factor 2 of margin over per-token rounding of e.
-  fine_grid = _power_of_two(_grid_exponent(row_max, lse, jnp.arange(k, dtype=jnp.float32), bin_width, vocab_size)
-                            - 23 - fine)
-  return LogProbHistogram(counts=counts, masses=per_bin(on_grid), mid=per_bin(on_fine_grid),
-                          remainders=per_bin(rest - on_fine_grid), remainder_bound=counts * fine_grid)
+  # (row_max - z) >= 0, so truncation is the floor; a multiplication, not a division, per entry. NaN or
+  # -inf logits land in a clipped bin (int conversion of NaN is clipped too): never out of bounds.
+  b = jnp.clip(((row_max[..., None] - z) * (1.0 / bin_width)), 0, k - 1).astype(jnp.int32)
+  flat = (jnp.clip(b, 0, k - 1).reshape(rows, v) + (jnp.arange(rows, dtype=jnp.int32) * k)[:, None]).reshape(-1)
+  counts = jnp.zeros((rows * k,), jnp.int32).at[flat].add(jnp.ones((), jnp.int32), mode="promise_in_bounds")
+  return counts.reshape(lead + (k,))
 
 
-def _bounds(counts, masses, bin_width: float):
-  """(lo, hi) of E[R] for exact bin masses (see the module docstring); increasing in every mass."""
-  before = jnp.cumsum(counts, axis=-1) - counts
-  base = jnp.sum(before * masses, axis=-1)
-  upper = masses * (counts + 1.0) / 2.0
-  is_tail = jnp.arange(counts.shape[-1]) == counts.shape[-1] - 1
-  at_least_m = masses * jnp.minimum(counts, 1.0)  # S_b >= M_b: every rank is >= 1
-  lower = jnp.where(is_tail, at_least_m, jnp.maximum(at_least_m, upper * math.exp(-bin_width)))
-  return base + jnp.sum(lower, axis=-1), base + jnp.sum(upper, axis=-1)
+def _pairwise_sum(x: jax.Array) -> jax.Array:
+  """Sum over the last axis in two levels of at most 64 terms (error bound gamma(128), not gamma(K))."""
+  k = x.shape[-1]
+  width = 64 * -(-k // 64)
+  x = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, width - k)])
+  return jnp.sum(jnp.sum(x.reshape(x.shape[:-1] + (width // 64, 64)), axis=-1), axis=-1)
 
 
-def expected_rank_from_histogram(histogram: LogProbHistogram, bin_width: float):
-  """(estimate, lo, hi) of E[R] from a log-probability histogram [..., K]; lo <= E[R] <= hi."""
-  # Without the barrier XLA rewrites scatter(a) + scatter(b) (and psum(a) + psum(b)) as one
-  # scatter (psum) of a + b: the plain float32 sum this module avoids.
-  histogram = jax.lax.optimization_barrier(histogram)
-  counts = histogram.counts
-  masses = (histogram.masses + histogram.mid) + histogram.remainders
-  gamma = counts * UNIT_ROUNDOFF / jnp.maximum(1.0 - counts * UNIT_ROUNDOFF, 0.5)
-  # The remainders' summation error, plus the two roundings of adding the parts; 1.01 covers
-  # the rounding of this bound itself.
-  error = 1.01 * (gamma * histogram.remainder_bound + 2 * UNIT_ROUNDOFF * masses)
-  lo, _ = _bounds(counts, jnp.maximum(masses - error, 0.0), bin_width)
-  _, hi = _bounds(counts, masses + error, bin_width)
-  estimate = 0.5 * sum(_bounds(counts, masses, bin_width))
-  return estimate, jnp.maximum(lo * (1 - ROUNDING_SLACK), 1.0), hi * (1 + ROUNDING_SLACK)
+def _fill(extra, room, first_rank, counts, ascending: bool):
+  """E[R] contribution of `extra` probability mass [...] poured into slots of at most `room` [..., K] each,
+  bin by bin, lowest ranks first (`ascending`) or highest first; a bin's c_b slots hold ranks first_rank + 1 ..
+  first_rank + c_b. A fractional slot is counted as k(k +- 1)/2 ranks: a bound in the safe direction."""
+  per_bin = counts * room
+  if ascending:
+    before = jnp.cumsum(per_bin, axis=-1) - per_bin
+  else:
+    before = jnp.flip(jnp.cumsum(jnp.flip(per_bin, -1), axis=-1), -1) - per_bin
+  k = jnp.clip((extra[..., None] - before) / jnp.where(room > 0, room, 1.0), 0.0, counts)
+  k = jnp.where(room > 0, k, 0.0)
+  slots = k * first_rank + k * (k + 1.0) / 2.0 if ascending else k * (first_rank + counts) - k * (k - 1.0) / 2.0
+  return _pairwise_sum(room * slots)
+
+
+def expected_rank_from_counts(counts: jax.Array, log_prob_max: jax.Array, bin_width: float):
+  """(estimate, lo, hi) of E[R] from token counts by bin [..., K] and log p_max [...] (nats); lo <= E[R] <= hi.
+
+  Every probability lies in its bin's [e^-delta q_b, q_b] ([0, q_b] in the tail bin) and they sum to 1, and
+  bin b holds the ranks after C_b. lo pours the mass left above the lower edges into the best ranks first, hi
+  into the worst first (a linear programme solved greedily); both lie within [e^-delta A, A] of the module
+  docstring, and the estimate is their midpoint. float32 [...] each.
+  """
+  k = counts.shape[-1]
+  above = (jnp.cumsum(counts, axis=-1) - counts).astype(jnp.float32)  # C_b, exact int32 before the cast
+  c = counts.astype(jnp.float32)
+  # Bin edges widened by 2^-20 for the rounding of q_b and of the binning itself.
+  q = jnp.exp(log_prob_max[..., None] - jnp.arange(k, dtype=jnp.float32) * bin_width)
+  upper = q * (1.0 + 2.0 ** -20)
+  lower = jnp.where(jnp.arange(k) == k - 1, 0.0, q * (math.exp(-bin_width) * (1.0 - 2.0 ** -20)))
+  gamma = 2.0 * 128 * UNIT_ROUNDOFF
+  floor_mass = _pairwise_sum(c * lower)
+  floor_e = _pairwise_sum(lower * c * (above + (c + 1.0) / 2.0))
+  room = upper - lower
+  # The mass above the lower edges is 1 - floor_mass; rounded down for lo, up for hi.
+  lo = floor_e + _fill(jnp.maximum(1.0 - floor_mass * (1.0 + gamma), 0.0), room, above, c, ascending=True)
+  hi = floor_e + _fill(jnp.maximum(1.0 - floor_mass * (1.0 - gamma), 0.0), room, above, c, ascending=False)
+  widen = ROUNDING_SLACK + gamma
+  return 0.5 * (lo + hi), jnp.maximum(lo * (1.0 - widen), 1.0), hi * (1.0 + widen)
 
 
 def expected_rank_by_histogram(logits: jax.Array, lse: jax.Array, bin_width: float, range_nats: float):
-  """(estimate, lo, hi) of E[R] for each row of `logits` [..., V]; see the module docstring."""
-  return expected_rank_from_histogram(log_prob_histogram(logits, lse, bin_width, range_nats), bin_width)
+  """(estimate, lo, hi) of E[R] for each row of `logits` [..., V] with log-normaliser `lse` [...]; see the
+  module docstring."""
+  z = logits.astype(jnp.float32)
+  row_max = jnp.max(z, axis=-1)
+  return expected_rank_from_counts(log_prob_histogram(z, bin_width, range_nats, row_max), row_max - lse, bin_width)

@@ -2,8 +2,9 @@
 materialising the [tokens, V] logits, under a custom VJP.
 
 Forward: tokens in chunks of `token_chunk`; each chunk's [chunk, V] logits are formed (input
-dtype, float32 accumulation), reduced to the per-token statistics (log p_t, entropy, rank,
-expected rank, top-K entropy) and dropped. Backward: only log p_t is differentiable; with its
+dtype, float32 accumulation), reduced to the per-token statistics asked for (log p_t and log p_max
+always; entropy, rank, expected rank, top-K entropy only when the weights or the diagnostics need
+them, see `rankjax.losses.config.stats_options`) and dropped. Backward: only log p_t is differentiable; with its
 cotangent c_t the logits' cotangent is c_t (onehot - softmax). It is recomputed per
 (vocabulary slice, token chunk) and contracted at once into d hidden and d kernel, with one
 [d, vocab_chunk] float32 accumulator at a time. Peak temporary memory is O(token_chunk * V)
@@ -20,8 +21,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rankjax.losses.config import expected_rank_options
-from rankjax.losses.stats import TokenStats, token_stats
+from rankjax.losses.config import stats_options as config_stats_options
+from rankjax.losses.stats import TokenStats, padded_stats, token_stats
 from rankjax.losses.weighted_loss import (BatchContext, check_vocab_size, checked_targets, masked_weights,
                                           reduce_loss)
 from rankjax.losses.vocab_parallel import sharded_token_stats, sharded_topk_entropy_nats
@@ -49,12 +50,12 @@ def _zeros_like_outputs(fn, args, like):
   return jax.tree.map(lambda s: _to_common_vma(jnp.zeros(s.shape, s.dtype), like)[0], shapes)
 
 
-def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis):
+def _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_axis):
   n = hidden.shape[0]
   chunk, n_chunks = _chunk_count(n, token_chunk)
-  options = dict(stats_options)
+  full, lean = (dict(o) for o in stats_options)
 
-  def compute(args):
+  def compute_with(options, args):
     h, t = args
     z = _chunk_logits(h, kernel)
     if vocab_axis is not None:
@@ -62,6 +63,15 @@ def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k
       return stats, (sharded_topk_entropy_nats(z, eaft_k, vocab_axis) if eaft_k else None), lse
     stats, lse = token_stats(z, t, return_lse=True, **options)
     return stats, (topk_entropy_nats(z, eaft_k) if eaft_k else None), lse
+
+  def compute(args):
+    if lean == full:
+      return compute_with(full, args)
+    # Diagnostics on this step only: the statistics the weights do not need are neutral values otherwise.
+    def lean_padded(x):
+      stats, topk, lse = compute_with(lean, x)
+      return padded_stats(stats, full), topk, lse
+    return jax.lax.cond(diagnose, lambda x: compute_with(full, x), lean_padded, args)
 
   def one(args):
     h, t, a = args
@@ -75,14 +85,17 @@ def _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k
   return jax.tree.map(lambda o: o.reshape(-1)[:n], outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _fused_stats(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis):
-  return _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis)[:2]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+def _fused_stats(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_chunk,
+                 vocab_axis):
+  return _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_axis)[:2]
 
 
-def _fused_stats_fwd(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis):
+def _fused_stats_fwd(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_chunk,
+                     vocab_axis):
   del vocab_chunk
-  stats, topk, lse = _forward(hidden, kernel, targets, active, token_chunk, stats_options, eaft_k, vocab_axis)
+  stats, topk, lse = _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k,
+                              vocab_axis)
   return (stats, topk), (hidden, kernel, targets, active, lse)
 
 
@@ -138,7 +151,7 @@ def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis
   (d_hidden, d_kernel), _ = jax.lax.scan(vocab_step, (d_hidden0, d_kernel0), jnp.arange(v // vc))
   if vocab_axis is not None:
     d_hidden = jax.lax.psum(d_hidden, vocab_axis)  # each device saw its vocabulary slice only
-  return d_hidden[:n].astype(hidden.dtype), d_kernel, None, None
+  return d_hidden[:n].astype(hidden.dtype), d_kernel, None, None, None
 
 
 _fused_stats.defvjp(_fused_stats_fwd, _fused_stats_bwd)
@@ -185,7 +198,7 @@ def _check_shapes(hidden, kernel, targets):
 
 def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 128,
                        eaft_top_k: int = 0, mask: jax.Array | None = None, vocab_chunk: int = 16384,
-                       vocab_axis_name=None, compact: bool = True,
+                       vocab_axis_name=None, compact: bool = True, diagnose=None, lean_options: dict | None = None,
                        **stats_options) -> tuple[TokenStats, jax.Array | None]:
   """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
   plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
@@ -196,6 +209,17 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   no gradient, whatever their values (NaN included); with `compact` too, supervised tokens are
   moved to the front (a static-shape permutation) and token chunks holding none are skipped in
   both passes: they cost no LM-head FLOPs.
+
+  `diagnose` (a traced bool scalar) with `lean_options` (`token_stats` flags): the statistics of
+  `stats_options` are computed only where `diagnose` is true, those of `lean_options` otherwise, the rest
+  then holding neutral values (`padded_stats`); one `lax.cond` per token chunk. Ignored with a sharded
+  vocabulary (everything in `stats_options` is computed).
+
+  Passes per token chunk: forward, one [chunk, d] x [d, V] matmul, then over its [chunk, V] logits the
+  passes of `token_stats` (max; sum of exp(z - max); the entropy's sum, the rank count and the E[R]
+  histogram only when asked for). Backward, per (vocabulary slice, token chunk): the logits recomputed
+  (one matmul), the cotangent c_t (onehot - exp(z - lse)) from the saved log-normaliser (one exponential),
+  and two matmuls into d hidden and d kernel; no statistic is recomputed.
 
   With `vocab_axis_name` (inside shard_map), `kernel` is this device's vocabulary slice
   [d, V / P] of the mesh axis of that name and `targets` hold global ids; the statistics are
@@ -212,7 +236,10 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   kernel = _to_common_vma(kernel, hidden)[0]
   vocab_size = kernel.shape[1] * (jax.lax.axis_size(vocab_axis_name) if vocab_axis_name is not None else 1)
   eaft_k = min(int(eaft_top_k), vocab_size) if eaft_top_k else 0
-  options = tuple(sorted(stats_options.items()))
+  full = tuple(sorted(stats_options.items()))
+  lean = full if diagnose is None or vocab_axis_name is not None else tuple(sorted(
+      dict(stats_options, **(lean_options or {})).items()))
+  diagnose = jnp.asarray(True if diagnose is None else diagnose, bool)
   flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1).astype(jnp.int32)
   if mask is not None:
     keep = jnp.asarray(mask).reshape(-1) > 0
@@ -227,8 +254,8 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
     flat_h, flat_t, active = flat_h[order], flat_t[order], active[order]
   active = _to_common_vma(active, flat_h)[0]
   vocab_axis = tuple(vocab_axis_name) if isinstance(vocab_axis_name, list) else vocab_axis_name
-  stats, topk = _fused_stats(flat_h, kernel, flat_t, active, int(token_chunk), options, eaft_k, int(vocab_chunk),
-                             vocab_axis)
+  stats, topk = _fused_stats(flat_h, kernel, flat_t, active, diagnose, int(token_chunk), (full, lean), eaft_k,
+                             int(vocab_chunk), vocab_axis)
   if order is not None:
     inverse = jnp.argsort(order)
     stats, topk = jax.tree.map(lambda o: o[inverse], (stats, topk))
@@ -240,8 +267,8 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, mask: jax.Array, config,
                          axis_name=None, context: BatchContext | None = None,
-                         vocab_axis_name=None) -> tuple[jax.Array, dict]:
-  """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context)` with the LM head
+                         vocab_axis_name=None, diagnose=None) -> tuple[jax.Array, dict]:
+  """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context, diagnose)` with the LM head
   fused: same loss, aux and gradients (w.r.t. hidden and kernel), O(config.token_chunk * V)
   temporary memory. See `rankjax.losses.weighted_loss` for the arguments and the result.
 
@@ -260,6 +287,8 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
   stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
                                    config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
-                                   compact=config.compact_tokens, **expected_rank_options(config))
+                                   compact=config.compact_tokens, diagnose=diagnose,
+                                   lean_options=config_stats_options(config, diagnostics=False),
+                                   **config_stats_options(config))
   w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
-  return reduce_loss(stats, w, mask, config, axis_name, context, targets=targets)
+  return reduce_loss(stats, w, mask, config, axis_name, context, targets=targets, diagnose=diagnose)

@@ -37,19 +37,23 @@ def _hidden_and_kernel(head):
 
 
 def head_loss(head, targets, mask, config, context: BatchContext | None = None,
-              axis_name=None) -> tuple[jax.Array, dict]:
+              axis_name=None, diagnose=None) -> tuple[jax.Array, dict]:
   """(loss, aux) of a head output: the weighted cross-entropy in nats per supervised token of
   the global batch, and the aux scalars of `rankjax.losses.weighted_loss`.
 
   `head` is logits [..., T, V] (dense `weighted_loss`) or (hidden [..., T, d], kernel [d, V])
   (fused `linear_weighted_loss`: same loss, aux and gradients); `targets`, `mask`, `context`
-  and `axis_name` are those of `weighted_loss`.
+  `axis_name` and `diagnose` are those of `weighted_loss`.
   """
   pair = _hidden_and_kernel(head)
   if pair is None:
-    return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context)
+    return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context, diagnose=diagnose)
   hidden, kernel = pair
-  return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context)
+  return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context,
+                              diagnose=diagnose)
+
+
+LOG_PROB_ONLY = {"with_expected_rank": False, "with_entropy": False, "with_rank": False}
 
 
 def _head_log_prob(head, targets, mask, config) -> jax.Array:
@@ -57,11 +61,11 @@ def _head_log_prob(head, targets, mask, config) -> jax.Array:
   targets = jnp.where(mask > 0, targets, 0)
   pair = _hidden_and_kernel(head)
   if pair is None:
-    stats = token_stats(head, targets, with_expected_rank=False)
+    stats = token_stats(head, targets, **LOG_PROB_ONLY)
   else:
     hidden, kernel = pair
     stats = linear_token_stats(hidden, kernel, targets, config.token_chunk, mask=mask, vocab_chunk=config.vocab_chunk,
-                               compact=config.compact_tokens, with_expected_rank=False)[0]
+                               compact=config.compact_tokens, **LOG_PROB_ONLY)[0]
   return jax.lax.stop_gradient(stats.log_prob)
 
 

@@ -18,8 +18,9 @@ class TokenStats:
   """Per-position statistics, each of shape [..., T], float32 unless noted.
 
   log_prob:      log p_t of the target, in nats (differentiable w.r.t. the logits).
-  entropy_bits:  H_t = -sum_i p_i log2 p_i, in bits.
-  rank:          R_t = #{i : p_i >= p_t}, 1-indexed, ties count against the target (int32).
+  entropy_bits:  H_t = -sum_i p_i log2 p_i, in bits; None when not requested.
+  rank:          R_t = #{i : p_i >= p_t}, 1-indexed, ties count against the target (int32); None when not
+                 requested.
   log_prob_max:  log p_max,t, the largest log-probability at the position, in nats (the bound form's
                  low-entropy branch uses p_max); stop-gradient.
   expected_rank: E[R_t] = sum_k k p_(k) with p_(k) the k-th largest probability;
@@ -29,8 +30,8 @@ class TokenStats:
   """
 
   log_prob: jax.Array
-  entropy_bits: jax.Array
-  rank: jax.Array
+  entropy_bits: jax.Array | None = None
+  rank: jax.Array | None = None
   expected_rank: jax.Array | None = None
   expected_rank_lo: jax.Array | None = None
   expected_rank_hi: jax.Array | None = None
@@ -63,13 +64,34 @@ def valid_targets(targets: jax.Array, vocab_size) -> jax.Array:
   return (targets >= 0) & (targets < vocab_size)
 
 
+@jax.custom_jvp
+def _logsumexp_given_value(z: jax.Array, lse: jax.Array) -> jax.Array:
+  """`lse` (the log-normaliser of `z`, computed by the caller) with the derivative of logsumexp(z): the
+  forward pass costs nothing more, and differentiating gives softmax(z) . dz."""
+  return lse
+
+
+@_logsumexp_given_value.defjvp
+def _logsumexp_given_value_jvp(primals, tangents):
+  z, lse = primals
+  dz, _ = tangents
+  return lse, jnp.sum(jnp.exp(z - lse[..., None]) * dz, axis=-1)
+
+
 def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True, expected_rank: str = "sort",
-                bin_width: float = 0.01, range_nats: float = 40.0, return_lse: bool = False) -> TokenStats:
+                bin_width: float = 0.01, range_nats: float = 40.0, return_lse: bool = False,
+                with_entropy: bool = True, with_rank: bool = True) -> TokenStats:
   """Computes `TokenStats` of `logits` [..., T, V] against aligned `targets` [..., T].
 
   `expected_rank`: "sort" (exact) or "histogram" (O(V), certified interval; `bin_width` and
-  `range_nats` in nats, see `rankjax.losses.expected_rank`). With `return_lse`, returns
-  (stats, log-normaliser [..., T] in nats, stop-gradient).
+  `range_nats` in nats, see `rankjax.losses.expected_rank`). `with_entropy`, `with_rank`,
+  `with_expected_rank`: whether to compute H_t, R_t, E[R_t] (None otherwise); log p_t and log p_max
+  always. With `return_lse`, returns (stats, log-normaliser [..., T] in nats, stop-gradient).
+
+  Passes over each row's V logits: the max; the sum of e = exp(z - max), which also gives log p_max =
+  -log sum(e) for free; with_entropy: sum e (z - max) (H = log sum e - sum e (z - max) / sum e, no second
+  exponential); with_rank: a comparison count; E[R]: a histogram scatter (or a sort). The target logit is a
+  gather.
 
   Position t scores targets[t] (no shifting). Reductions run in float32 whatever the
   logits' dtype. Only `log_prob` carries a gradient; the other statistics are
@@ -81,26 +103,51 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
   logits, targets = jnp.asarray(logits), jnp.asarray(targets)
   check_logits_shape(logits, targets)
   z = logits.astype(jnp.float32)
-  lse = jax.nn.logsumexp(z, axis=-1)
   v = z.shape[-1]
   targets = targets.astype(jnp.int32)
+  zs = jax.lax.stop_gradient(z)
+  row_max = jnp.max(zs, axis=-1)
+  # An all -inf row has no finite maximum; shifting it by 0 keeps its statistics NaN-free where they can be.
+  shift = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  y = zs - shift[..., None]
+  e = jnp.exp(y)  # the only exponential per logit: the normaliser, log p_max and the entropy share it
+  log_sum = jnp.log(jnp.sum(e, axis=-1))
+  lse_s = shift + log_sum
+  lse = _logsumexp_given_value(z, lse_s)
   z_target = jnp.take_along_axis(z, jnp.clip(targets, 0, v - 1)[..., None], axis=-1)[..., 0]
   z_target = jnp.where(valid_targets(targets, v), z_target, jnp.nan)
   log_prob = z_target - lse
 
-  zs = jax.lax.stop_gradient(z)
-  lse_s = jax.lax.stop_gradient(lse)
-  log_p = zs - lse_s[..., None]
-  p = jnp.exp(log_p)
-  entropy_nats = -jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1)
-  rank = jnp.sum(zs >= jax.lax.stop_gradient(z_target)[..., None], axis=-1, dtype=jnp.int32)
-  e = lo = hi = None
+  entropy_bits = rank = e_rank = lo = hi = None
+  if with_entropy:
+    # H = -sum p log p = log sum e - sum e y / sum e; 0 log 0 = 0 for underflowed (or -inf) logits.
+    e_y = jnp.sum(jnp.where(e > 0, e * y, 0.0), axis=-1)
+    entropy_bits = (log_sum - e_y / jnp.exp(log_sum)) / LN2
+  if with_rank:
+    rank = jnp.sum(zs >= jax.lax.stop_gradient(z_target)[..., None], axis=-1, dtype=jnp.int32)
   if with_expected_rank and expected_rank == "sort":
-    e = lo = hi = er.expected_rank_by_sort(zs, lse_s)
+    e_rank = lo = hi = er.expected_rank_by_sort(zs, lse_s)
   elif with_expected_rank and expected_rank == "histogram":
-    e, lo, hi = er.expected_rank_by_histogram(zs, lse_s, bin_width, range_nats)
+    counts = er.log_prob_histogram(zs, bin_width, range_nats, row_max=shift)
+    e_rank, lo, hi = er.expected_rank_from_counts(counts, -log_sum, bin_width)
   elif with_expected_rank:
     raise ValueError(f"token_stats: expected_rank={expected_rank!r} is not 'sort' or 'histogram'")
-  stats = TokenStats(log_prob=log_prob, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
-                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=jnp.max(zs, axis=-1) - lse_s)
+  stats = TokenStats(log_prob=log_prob, entropy_bits=entropy_bits, rank=rank, expected_rank=e_rank,
+                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=-log_sum)
   return (stats, lse_s) if return_lse else stats
+
+
+# Values standing in for statistics not computed on a step (`padded_stats`): finite, and neutral for the
+# weights (R = E[R] = 1 gives RankTuner's exact scale 1).
+NEUTRAL = {"entropy_bits": 0.0, "rank": 1, "expected_rank": 1.0, "expected_rank_lo": 1.0, "expected_rank_hi": 1.0}
+
+
+def padded_stats(stats: TokenStats, options: dict) -> TokenStats:
+  """`stats` with every statistic that `token_stats(**options)` returns but `stats` lacks filled with its
+  `NEUTRAL` value (shape of log_prob; rank int32), so both have one pytree structure (for `lax.cond`)."""
+  wanted = {"entropy_bits": options.get("with_entropy", True), "rank": options.get("with_rank", True)}
+  for k in ("expected_rank", "expected_rank_lo", "expected_rank_hi"):
+    wanted[k] = options.get("with_expected_rank", True)
+  fill = {k: jnp.full(stats.log_prob.shape, NEUTRAL[k], jnp.int32 if k == "rank" else jnp.float32)
+          for k, want in wanted.items() if want and stats[k] is None}
+  return stats.replace(**fill)

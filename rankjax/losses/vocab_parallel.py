@@ -4,9 +4,9 @@ Each device holds the logits of its vocabulary slice, [tokens, V / P], slice p c
 [p V/P, (p+1) V/P). Every statistic is a sum or max over the vocabulary, so it is formed from
 per-slice partial results with one collective each: the max logit (pmax, no gradient needed; it
 also gives log p_max),
-the sum of exponentials and the target logit (psum), the entropy's sum p z (psum), the rank
-count R_t (psum), and the histogram of E[R] (psum; the bins are aligned because every slice
-bins against the same global max). The exact E[R] ("sort") gathers whole rows (a reference).
+the sum of exponentials and the target logit (psum), the entropy's sum e (z - max) (psum), the rank
+count R_t (psum), and the token counts by bin of E[R]'s histogram (psum, exact in int32; the bins
+are aligned because every slice bins against the same global max). The exact E[R] ("sort") gathers whole rows (a reference).
 """
 
 from __future__ import annotations
@@ -34,36 +34,39 @@ def _vocab_offset(z_local, axis):
 
 
 def sharded_token_stats(z_local: jax.Array, targets: jax.Array, axis, with_expected_rank: bool = True,
-                        expected_rank: str = "histogram", bin_width: float = 0.01,
-                        range_nats: float = 40.0) -> tuple[TokenStats, jax.Array]:
+                        expected_rank: str = "histogram", bin_width: float = 0.01, range_nats: float = 40.0,
+                        with_entropy: bool = True, with_rank: bool = True) -> tuple[TokenStats, jax.Array]:
   """(TokenStats, lse) of rows whose logits are split over mesh axis `axis`; values only (no gradient).
 
   z_local [..., V/P] float32: this device's vocabulary slice; targets [..., T] global ids (an id
-  outside [0, V) gives log_prob NaN, as in `token_stats`).
+  outside [0, V) gives log_prob NaN, as in `token_stats`). The `with_*` flags as in `token_stats`.
   """
   z = jax.lax.stop_gradient(z_local).astype(jnp.float32)
   vl = z.shape[-1]
   m = jax.lax.pmax(jnp.max(z, axis=-1), axis)
-  lse = m + jnp.log(jax.lax.psum(jnp.sum(jnp.exp(z - m[..., None]), axis=-1), axis))
+  y = z - m[..., None]
+  e = jnp.exp(y)
+  log_sum = jnp.log(jax.lax.psum(jnp.sum(e, axis=-1), axis))
+  lse = m + log_sum
   local = targets - _vocab_offset(z, axis)
   owns = (local >= 0) & (local < vl)
   z_t_local = jnp.take_along_axis(z, jnp.clip(local, 0, vl - 1)[..., None], axis=-1)[..., 0]
   z_t = jax.lax.psum(jnp.where(owns, z_t_local, 0.0), axis)
   z_t = jnp.where(valid_targets(targets, vl * jax.lax.axis_size(axis)), z_t, jnp.nan)
-  log_p = z - lse[..., None]
-  p = jnp.exp(log_p)
-  entropy_nats = -jax.lax.psum(jnp.sum(jnp.where(p > 0, p * log_p, 0.0), axis=-1), axis)
-  rank = jax.lax.psum(jnp.sum(z >= z_t[..., None], axis=-1, dtype=jnp.int32), axis)
-  e = lo = hi = None
+  entropy_bits = rank = e_rank = lo = hi = None
+  if with_entropy:
+    e_y = jax.lax.psum(jnp.sum(jnp.where(e > 0, e * y, 0.0), axis=-1), axis)
+    entropy_bits = (log_sum - e_y / jnp.exp(log_sum)) / LN2
+  if with_rank:
+    rank = jax.lax.psum(jnp.sum(z >= z_t[..., None], axis=-1, dtype=jnp.int32), axis)
   if with_expected_rank and expected_rank == "histogram":
-    histogram = er.log_prob_histogram(z, lse, bin_width, range_nats, row_max=m,
-                                      vocab_size=vl * jax.lax.axis_size(axis))
-    e, lo, hi = er.expected_rank_from_histogram(jax.tree.map(lambda x: jax.lax.psum(x, axis), histogram), bin_width)
+    counts = er.log_prob_histogram(z, bin_width, range_nats, row_max=m, vocab_size=vl * jax.lax.axis_size(axis))
+    e_rank, lo, hi = er.expected_rank_from_counts(jax.lax.psum(counts, axis), -log_sum, bin_width)
   elif with_expected_rank:
     full = gather_last_axis(z, axis)
-    e = lo = hi = er.expected_rank_by_sort(full, lse)
-  stats = TokenStats(log_prob=z_t - lse, entropy_bits=entropy_nats / LN2, rank=rank, expected_rank=e,
-                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=m - lse)
+    e_rank = lo = hi = er.expected_rank_by_sort(full, lse)
+  stats = TokenStats(log_prob=z_t - lse, entropy_bits=entropy_bits, rank=rank, expected_rank=e_rank,
+                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=-log_sum)
   return stats, lse
 
 

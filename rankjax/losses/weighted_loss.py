@@ -19,8 +19,8 @@ import numpy as np
 from flax import struct
 
 from rankjax.losses import global_reduce, token_histograms
-from rankjax.losses.config import expected_rank_options, needs_batch_log_probs, validate_config
-from rankjax.losses.stats import TokenStats, check_logits_shape, token_stats
+from rankjax.losses.config import needs_batch_log_probs, stats_options, validate_config
+from rankjax.losses.stats import TokenStats, check_logits_shape, padded_stats, token_stats
 from rankjax.losses.weights import (TalrContext, ranktuner_log_scale, scheme_weight, talr_context,
                                    topk_entropy_nats)
 
@@ -107,7 +107,17 @@ def masked_weights(stats: TokenStats, topk_entropy, mask, config, vocab_size: in
   return jnp.where(mask > 0, w, 0.0), context
 
 
-def _stats_and_weights(logits, targets, mask, config, axis_name, context):
+def diagnosed_token_stats(logits, targets, config, diagnose=None) -> TokenStats:
+  """`token_stats` of what `config` asks for (`stats_options`); with a traced bool `diagnose`, the
+  diagnostics-only statistics are computed where it is true and hold neutral values otherwise (`lax.cond`)."""
+  full, lean = stats_options(config), stats_options(config, diagnostics=False)
+  if diagnose is None or full == lean:
+    return token_stats(logits, targets, **full)
+  return jax.lax.cond(diagnose, lambda z: token_stats(z, targets, **full),
+                      lambda z: padded_stats(token_stats(z, targets, **lean), full), logits)
+
+
+def _stats_and_weights(logits, targets, mask, config, axis_name, context, diagnose=None):
   logits = jnp.asarray(logits)
   targets, mask = checked_targets(targets, mask, logits.shape[-1], config)
   check_logits_shape(logits, targets, "weighted_loss")
@@ -115,7 +125,7 @@ def _stats_and_weights(logits, targets, mask, config, axis_name, context):
   # Rows off the mask become 0 through a select, not a product: NaN or inf there would
   # otherwise reach the gradient as 0 * NaN.
   logits = jnp.where(mask[..., None] > 0, logits, jnp.zeros((), logits.dtype))
-  stats = token_stats(logits, targets, **expected_rank_options(config))
+  stats = diagnosed_token_stats(logits, targets, config, diagnose)
   topk_entropy = topk_entropy_nats(logits, config.eaft_top_k) if config.name == "eaft" else None
   w, context = masked_weights(stats, topk_entropy, mask, config, logits.shape[-1], axis_name, context)
   return stats, w, context
@@ -161,7 +171,7 @@ def _dump_rows(per_token: dict, targets, mask, rows: int) -> dict:
   return out
 
 
-def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=None) -> dict:
+def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=None, diagnose=None) -> dict:
   m = (mask > 0)
   n = jnp.maximum(context.num_tokens, 1.0)
 
@@ -175,10 +185,12 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=No
       "frac_weight_gt1": mean((w > 1.0).astype(jnp.float32)),
       "mean_nll": mean(nll),
       "mean_prob": mean(jnp.exp(-nll)),
-      "mean_rank": mean(stats.rank.astype(jnp.float32)),
-      "frac_rank1": mean((stats.rank == 1).astype(jnp.float32)),
-      "mean_entropy_bits": mean(stats.entropy_bits),
   }
+  if stats.rank is not None:
+    aux["mean_rank"] = mean(stats.rank.astype(jnp.float32))
+    aux["frac_rank1"] = mean((stats.rank == 1).astype(jnp.float32))
+  if stats.entropy_bits is not None:
+    aux["mean_entropy_bits"] = mean(stats.entropy_bits)
   if stats.expected_rank is not None:
     aux["mean_expected_rank"] = mean(stats.expected_rank)
     aux["mean_expected_rank_interval"] = mean(stats.expected_rank_hi - stats.expected_rank_lo)
@@ -191,8 +203,16 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=No
   if config.histograms or config.dump_tokens:
     per_token = _per_token(stats, w, None if log_scale is None else jnp.exp(log_scale))
     if config.histograms:
-      for name, values in per_token.items():
-        aux.update(token_histograms.token_histogram(name, values, mask, axis_name))
+      def histograms(per_token):
+        out = {}
+        for name, values in per_token.items():
+          out.update(token_histograms.token_histogram(name, values, mask, axis_name))
+        return out
+      if diagnose is None:
+        aux.update(histograms(per_token))
+      else:  # only on steps that are read
+        aux.update(jax.lax.cond(diagnose, histograms, lambda x: jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(histograms, x)), per_token))
     # Rows of this device's shard would not be the batch's first rows: dumps only without a mapped axis.
     if config.dump_tokens and axis_name is None and targets is not None:
       aux.update(_dump_rows(per_token, targets, mask, int(config.dump_sequences)))
@@ -200,7 +220,7 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=No
 
 
 def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config, axis_name=None,
-                  context: BatchContext | None = None) -> tuple[jax.Array, dict]:
+                  context: BatchContext | None = None, diagnose=None) -> tuple[jax.Array, dict]:
   """Weighted cross-entropy L = sum(m w nll) / sum(m) over the global batch, in nats per token.
 
   Args:
@@ -212,27 +232,33 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
     axis_name: mapped axis name(s) of `pmap`/`shard_map` over which the batch is split;
       both sums (and TALR's median) then span all devices.
     context: precomputed `BatchContext` (gradient accumulation); by default built from this batch.
+    diagnose: None (everything `config` asks for, every call) or a bool scalar (may be traced): where false,
+      the diagnostics-only statistics (`config.diagnostics`) and the histograms are not computed (the
+      training loop sets it on log and dump steps only); the loss, its gradient and the weights are the
+      same either way, the diagnostics-only aux values are then not meaningful and histograms are zeros.
 
   Returns:
     (loss, aux). `loss` is the global loss on every device, 0 when no token is supervised.
     Its gradient w.r.t. this device's logits is w (softmax - onehot) / N, the exact
     derivative of the global loss; whether parameter gradients still need a psum over
     devices depends on the mapping: see `rankjax.losses.global_reduce`. `aux` holds stop-gradient scalars:
-    tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, mean_rank,
-    frac_rank1, mean_entropy_bits, mean_expected_rank, mean_ranktuner_weight, talr_tau; with
+    tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, talr_tau, and those of
+    the statistics computed (`stats_options`: all with `config.diagnostics`): mean_rank, frac_rank1,
+    mean_entropy_bits (bits), mean_expected_rank, mean_ranktuner_weight; with
     `config.histograms`, the "hist/<statistic>/{counts,min,max,sum,sum_sq}" of
     `rankjax.losses.token_histograms`; with `config.dump_tokens` (and no `axis_name`), "dump/<statistic>",
     "dump/target" and "dump/mask", arrays [config.dump_sequences, T] of the first rows.
   """
   targets, mask = jnp.asarray(targets), jnp.asarray(mask)
-  stats, w, context = _stats_and_weights(logits, targets, mask, config, axis_name, context)
-  return reduce_loss(stats, w, mask, config, axis_name, context, targets=jnp.where(mask > 0, targets, 0))
+  stats, w, context = _stats_and_weights(logits, targets, mask, config, axis_name, context, diagnose)
+  return reduce_loss(stats, w, mask, config, axis_name, context, targets=jnp.where(mask > 0, targets, 0),
+                     diagnose=diagnose)
 
 
 def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchContext,
-                targets=None) -> tuple[jax.Array, dict]:
+                targets=None, diagnose=None) -> tuple[jax.Array, dict]:
   """The reduction sum(m w nll) / N_global and the aux (see `weighted_loss`); `targets` (ids, 0 off the mask)
-  only feed the token dump (`config.dump_tokens`)."""
+  only feed the token dump (`config.dump_tokens`); `diagnose` as in `weighted_loss`."""
   nll = -stats.log_prob
   n = jnp.maximum(context.num_tokens, 1.0)
   local = jnp.sum(jnp.where(mask > 0, w * nll, 0.0)) / n
@@ -241,7 +267,7 @@ def reduce_loss(stats: TokenStats, w, mask, config, axis_name, context: BatchCon
   else:
     total = jax.lax.psum(jax.lax.stop_gradient(local), axis_name)
     loss = local + jax.lax.stop_gradient(total - local)
-  aux = _aux(stats, w, jax.lax.stop_gradient(nll), mask, config, axis_name, context, targets)
+  aux = _aux(stats, w, jax.lax.stop_gradient(nll), mask, config, axis_name, context, targets, diagnose)
   aux["loss"] = jax.lax.stop_gradient(loss)
   return loss, aux
 

@@ -141,10 +141,10 @@ def _record_metrics(counts: dict) -> dict:
 
 def watch_nonfinite(step_fn):
   """step_fn with a device-side record of the first refused step, so the loop need not read every step's
-  `nonfinite` on the host: (state, batch, first_bad, done) -> (state, metrics, first_bad); first_bad is the
-  optimizer step (1-based) of the first non-finite step, or 0."""
-  def step(state, batch, first_bad, done):
-    state, metrics = step_fn(state, batch)
+  `nonfinite` on the host: (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad); first_bad is
+  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` as in `make_train_step`."""
+  def step(state, batch, first_bad, done, diagnose=None):
+    state, metrics = step_fn(state, batch, diagnose)
     first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
     return state, metrics, first_bad
   return step
@@ -204,10 +204,12 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
       local = data.next_batch(config.grad_accum_steps)
       batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local.items()}
       done = step + 1
-      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done))
-      tokens_since += int(np.prod(batch["inputs"].shape))
       evaluate = evaluator.due(done)
       log = done % config.log_every == 0 or done == config.total_steps or evaluate
+      dump_due = bool(dump_every) and done % dump_every == 0
+      # Diagnostics and histograms only on the steps whose metrics are read.
+      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done), np.bool_(log or dump_due))
+      tokens_since += int(np.prod(batch["inputs"].shape))
       save = done % config.checkpoint_every == 0 or done == config.total_steps
       stop = watch.should_stop(done)
       if (log or save or stop) and int(first_bad):  # the only host syncs: on log and checkpoint steps
@@ -217,7 +219,6 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
             f"(at step {done}: loss={float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}). The last "
             f"good checkpoint (step {manager.latest_step()}) is kept in {workdir}/checkpoints. Lower "
             "optimizer.learning_rate or check the data (a target id outside the vocabulary makes the loss NaN).")
-      dump_due = bool(dump_every) and done % dump_every == 0
       if log or dump_due:
         metrics, dump = token_dump.split_dump(metrics)
         if dump_due and lead:

@@ -20,7 +20,7 @@ def model_logits(model, params, micro: dict, return_hidden: bool = False):
 
 
 def make_train_step(model, loss_config, schedule: optax.Schedule):
-  """Returns step(state, batch) -> (state, metrics).
+  """Returns step(state, batch, diagnose=None) -> (state, metrics).
 
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
   gradient is that of the loss over all A*b sequences: every micro-step divides by the
@@ -33,6 +33,11 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   With `loss_config.histograms`, metrics also hold the whole batch's histograms ("hist/<statistic>/...", arrays)
   and, from them, quantiles such as "weight/q50" (scalars); with `loss_config.dump_tokens`, the first micro-step's
   first rows ("dump/...", arrays [rows, T]).
+
+  `diagnose` (a bool scalar, traced under jit): where false, the diagnostics-only statistics
+  (`loss_config.diagnostics`) and the histograms are skipped (`lax.cond`) and their metrics are not
+  meaningful; the update is the same. The loop sets it on steps whose metrics it reads (log and dump steps).
+  None computes everything on every step.
   """
   losses.validate_config(loss_config)
   return_hidden = losses.wants_hidden(loss_config)
@@ -40,11 +45,11 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   def head(params, micro):
     return model_logits(model, params, micro, return_hidden)
 
-  def micro_loss(params, micro, context):
-    return losses.head_loss(head(params, micro), micro["targets"], micro["loss_mask"], loss_config,
-                            context=context)
+  def step(state: train_state.TrainState, batch: dict, diagnose=None):
+    def micro_loss(params, micro, context):
+      return losses.head_loss(head(params, micro), micro["targets"], micro["loss_mask"], loss_config,
+                              context=context, diagnose=diagnose)
 
-  def step(state: train_state.TrainState, batch: dict):
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
     context = losses.whole_batch_context(lambda micro: head(params, micro), batch, loss_config)
