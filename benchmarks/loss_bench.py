@@ -32,6 +32,7 @@ from rankjax.losses import expected_rank as er  # noqa: E402
 PLAIN = {"diagnostics": False}
 TIME_METHODS = {  # name: (fused, loss fields)
     "fused CE": (True, {"name": "sft", **PLAIN}),
+    "fused CE, timed again (noise)": (True, {"name": "sft", **PLAIN}),
     "fused RankTuner exact (histogram)": (True, {"name": "ranktuner", "expected_rank": "histogram", **PLAIN}),
     "fused RankTuner exact (sort)": (True, {"name": "ranktuner", "expected_rank": "sort", **PLAIN}),
     "fused RankTuner bound": (True, {"name": "ranktuner", "form": "bound", **PLAIN}),
@@ -47,6 +48,7 @@ MEMORY_METHODS = {
 NONE = {"with_entropy": False, "with_rank": False, "with_expected_rank": False}
 ABLATION = {  # name: linear_token_stats flags; each row adds one statistic's passes to log p_t
     "log p_t only (= CE: max, sum of exp)": NONE,
+    "log p_t only, timed again (noise)": dict(NONE),
     "+ entropy H_t (one more sum)": dict(NONE, with_entropy=True),
     "+ rank R_t (one comparison count)": dict(NONE, with_rank=True),
     "+ H_t and R_t (what the bound form needs)": dict(NONE, with_entropy=True, with_rank=True),
@@ -105,9 +107,9 @@ def memory_table(sizes, d, token_chunk, dtype):
           + f"{row['fused RankTuner (histogram)'] / row['dense CE']:>26.3f}", flush=True)
 
 
-def timed(fns: dict, args, repeats: int) -> dict:
-  """Median seconds per call of each function, over `repeats` rounds that call them in turn (after one warm-up
-  call each, which also compiles)."""
+def timed(fns: dict, args, repeats: int) -> tuple[dict, dict]:
+  """(median, min) seconds per call of each function, over `repeats` rounds that call them in turn (after one
+  warm-up call each, which also compiles)."""
   for fn in fns.values():
     jax.block_until_ready(fn(*args))
   times = {name: [] for name in fns}
@@ -116,33 +118,35 @@ def timed(fns: dict, args, repeats: int) -> dict:
       t0 = time.perf_counter()
       jax.block_until_ready(fn(*args))
       times[name].append(time.perf_counter() - t0)
-  return {k: statistics.median(v) for k, v in times.items()}
+  return ({k: statistics.median(v) for k, v in times.items()}, {k: min(v) for k, v in times.items()})
 
 
 def time_table(dims, sizes, repeats, token_chunk, dtype):
-  print(f"\n## forward+backward time, median of {repeats} alternating runs ({jnp.dtype(dtype).name} inputs, 50% mask, "
-        f"token_chunk={token_chunk}); ratio = method / fused CE of the same run")
-  print(f"{'d':>5} {'N':>5} {'V':>7}  {'method':<45}{'seconds':>9}{'/ fused CE':>12}")
+  print(f"\n## forward+backward time, {repeats} alternating runs ({jnp.dtype(dtype).name} inputs, 50% mask, "
+        f"token_chunk={token_chunk}); ratios = method / fused CE of the same run, of the medians and of the minima")
+  print(f"{'d':>5} {'N':>5} {'V':>7}  {'method':<45}{'median s':>9}{'min s':>8}{'ratio med':>10}{'ratio min':>10}")
   for n, v in sizes:
     for d in dims:
       args = inputs(n, v, d, dtype)
-      med = timed({name: loss_fn(fused, fields, token_chunk) for name, (fused, fields) in TIME_METHODS.items()},
-                  args, repeats)
-      for name, t in med.items():
-        print(f"{d:>5} {n:>5} {v:>7}  {name:<45}{t:>9.3f}{t / med['fused CE']:>12.3f}", flush=True)
+      med, low = timed({name: loss_fn(fused, fields, token_chunk)
+                        for name, (fused, fields) in TIME_METHODS.items()}, args, repeats)
+      for name in med:
+        print(f"{d:>5} {n:>5} {v:>7}  {name:<45}{med[name]:>9.3f}{low[name]:>8.3f}"
+              f"{med[name] / med['fused CE']:>10.3f}{low[name] / low['fused CE']:>10.3f}", flush=True)
 
 
 def ablation_table(dims, size, repeats, token_chunk, dtype):
   n, v = size
   print(f"\n## where the time goes: fused forward+backward with one statistic added at a time (N={n}, V={v}, "
-        f"{jnp.dtype(dtype).name}, median of {repeats}); extra = ms over log p_t only")
-  print(f"{'d':>5}  {'statistics':<46}{'seconds':>9}{'ratio':>8}{'extra ms':>10}")
+        f"{jnp.dtype(dtype).name}, {repeats} alternating runs); extra = ms over log p_t only, of the minima")
+  print(f"{'d':>5}  {'statistics':<46}{'median s':>9}{'min s':>8}{'ratio min':>10}{'extra ms (min)':>15}")
   for d in dims:
     args = inputs(n, v, d, dtype)
-    med = timed({name: ablation_fn(flags, token_chunk) for name, flags in ABLATION.items()}, args, repeats)
-    base = med[next(iter(ABLATION))]
-    for name, t in med.items():
-      print(f"{d:>5}  {name:<46}{t:>9.3f}{t / base:>8.3f}{(t - base) * 1e3:>10.0f}", flush=True)
+    med, low = timed({name: ablation_fn(flags, token_chunk) for name, flags in ABLATION.items()}, args, repeats)
+    base = low[next(iter(ABLATION))]
+    for name in med:
+      print(f"{d:>5}  {name:<46}{med[name]:>9.3f}{low[name]:>8.3f}{low[name] / base:>10.3f}"
+            f"{(low[name] - base) * 1e3:>15.0f}", flush=True)
 
 
 def accuracy_rows(name, z, bin_width, range_nats):

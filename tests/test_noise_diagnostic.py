@@ -171,7 +171,7 @@ def _config(checkpoint, **overrides):
 
 def test_diagnostic_end_to_end_on_a_tiny_run(tiny_workdir, tmp_path):
   out = str(tmp_path / "noise")
-  # 8 fake devices: rows split over the mesh. E[R] by sort: at V = 400 it is much cheaper than the 4001-bin
+  # 8 fake devices: rows split over the mesh. E[R] by sort: at V = 400 it is much cheaper than the ~2,800-bin
   # histogram at the tests' XLA optimisation level 0 (the histogram is checked in the family test above).
   results = run_noise_diagnostic(_config(tiny_workdir, **{"loss.expected_rank": "sort"}), out)
   for name in ("results.json", "results.md", "weights.png", "tokens.npz"):

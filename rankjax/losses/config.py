@@ -20,7 +20,9 @@ def default_config() -> ml_collections.ConfigDict:
   # interval) or "sort" (exact, O(V log V)).
   config.expected_rank = "histogram"
   config.histogram_bin_width = 0.01  # nats
-  config.histogram_range = 40.0  # nats below the max logit; lower tokens share the tail bin
+  # Nats below the max logit covered by bins of histogram_bin_width (at most 2 ln V + 16, below which no token
+  # can matter); lower tokens share the tail bin.
+  config.histogram_range = 40.0
   config.eaft_top_k = 20
   config.eaft_alpha = 1.0
   config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
