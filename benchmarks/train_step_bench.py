@@ -53,7 +53,7 @@ def main():
   parser.add_argument("--schemes", default="sft,ranktuner,ranktuner-bound,ranktuner:plain,ranktuner-bound:plain,"
                       "dft,talr,eaft",
                       help="name[-form][:variant[+variant]]; variant 'plain' turns diagnostics off (no statistic the "
-                      "scheme does not need, even on logged steps), 'nohist' the token histograms (on in training), 'sort' E[R] by sort")
+                      "scheme does not need, even on logged steps), 'nohist' the token histograms (on in training), 'sort' E[R] by sort, 'hist' by histogram")
   parser.add_argument("--log-every", type=int, default=10, help="host sync interval of the loop-pattern table")
   args = parser.parse_args()
 
@@ -73,6 +73,8 @@ def main():
     loss_config.histograms = "nohist" not in variants
     if "sort" in variants:
       loss_config.expected_rank = "sort"
+    if "hist" in variants:
+      loss_config.expected_rank = "histogram"
     fns[scheme] = jax.jit(make_train_step(model, loss_config, schedule))
     states[scheme] = train_state.TrainState.create(apply_fn=model.apply, params=params,
                                                    tx=make_optimizer(config.optimizer, 1000))
