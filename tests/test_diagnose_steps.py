@@ -87,9 +87,9 @@ def test_undiagnosed_call_has_the_same_loss_and_gradient(fused, name, form):
   assert set(aux_on) == set(aux_off)
 
 
-@pytest.mark.parametrize("scheme", ["ranktuner", "sft"])
-def test_train_step_update_does_not_depend_on_diagnose(scheme):
-  config, state, step = _setup(scheme)
+def test_train_step_update_does_not_depend_on_diagnose():
+  # One scheme, one compile: the loss-level tests above cover every scheme and the diagnose=None default.
+  config, state, step = _setup("ranktuner")
   batch = _batch(np.random.default_rng(0), 2, 3, 12, config.model.vocab_size)
   run = jax.jit(step)
   s_on, m_on = run(state, batch, jnp.bool_(True))
@@ -100,6 +100,3 @@ def test_train_step_update_does_not_depend_on_diagnose(scheme):
     np.testing.assert_allclose(m_on[k], m_off[k], rtol=1e-6, err_msg=k)
   assert float(m_on["hist/weight/counts"].sum()) == float(batch["loss_mask"].sum())
   assert float(m_off["hist/weight/counts"].sum()) == 0.0
-  s_none, m_none = jax.jit(step)(state, batch)
-  np.testing.assert_allclose(m_none["mean_expected_rank"], m_on["mean_expected_rank"], rtol=1e-6)
-  np.testing.assert_allclose(m_none["weight/q50"], m_on["weight/q50"], rtol=1e-6)
