@@ -83,4 +83,5 @@ def _exit_after_failure(error: Exception) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from rankjax import cli
+  app.run(main, flags_parser=cli.parse_flags)

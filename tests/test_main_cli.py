@@ -44,12 +44,23 @@ def test_train_run_from_config_file(tmp_path, timeouts):
   assert json.load(open(tmp_path / "config.json"))["loss"]["name"] == "dft"
 
 
-@pytest.mark.parametrize("override,needle", [("--config.totl_steps=3", "totl_steps"),
-                                             ("--config.loss.name=focal", "focal")])
+@pytest.mark.parametrize("override,needle", [
+    ("--config.totl_steps=3", "the config has no field 'totl_steps' in --config.totl_steps=3 (Did you mean"),
+    ("--config.loss.nme=3", "the config has no field 'nme' in --config.loss.nme=3"),
+    ("--config.nosuch.x=1", "the config has no field 'nosuch' in --config.nosuch.x=1"),
+    ("--config.loss.name=focal", "focal")])
 def test_bad_override_is_a_clear_error(tmp_path, timeouts, override, needle):
   out = _run(timeouts, "--config=configs/synthetic_sft.py", f"--workdir={tmp_path}", override)
   assert out.returncode != 0
   assert needle in out.stderr
+  if "focal" not in override:  # the config flags themselves: one line, no traceback, usage status 2
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_missing_config_file_is_one_line(tmp_path, timeouts):
+  out = _run(timeouts, f"--config={tmp_path / 'nofile.py'}", f"--workdir={tmp_path}")
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "cannot load the config file" in out.stderr and "nofile.py" in out.stderr
 
 
 @pytest.mark.slow
@@ -94,3 +105,12 @@ def test_evaluate_command_on_a_run_workdir(tmp_path, timeouts):
   assert {"samples.jsonl", "results.json", "results.md"} <= set(os.listdir(tmp_path / "eval"))
   out = _subprocess([*args[:-1], "--config.num_sample=3"], _limit(timeouts))
   assert out.returncode != 0 and "num_sample" in out.stderr
+
+
+@pytest.mark.parametrize("command,config", [(["-m", "rankjax.evaluate"], "configs/eval_math.py"),
+                                            (["experiments/sweep.py"], "configs/synthetic_sft.py"),
+                                            (["experiments/compare_schemes.py"], "configs/compare_schemes.py")])
+def test_every_config_entry_point_reports_a_bad_override_in_one_line(tmp_path, timeouts, command, config):
+  out = _subprocess([*command, f"--config={config}", f"--workdir={tmp_path}", "--config.no_such_key=1"], _limit(timeouts))
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  assert "the config has no field 'no_such_key' in --config.no_such_key=1" in out.stderr
