@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from rankjax import cli  # noqa: E402
 from rankjax.data import sources, stream  # noqa: E402
 from rankjax.eval import benchmarks, harness, settings as eval_settings  # noqa: E402
 from rankjax.eval.answer_accuracy import answer_accuracy  # noqa: E402
@@ -195,5 +196,4 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/compare_schemes.py", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the whole comparison (resumable).")
   flags.mark_flags_as_required(["config", "workdir"])
-  from rankjax import cli
   app.run(main, flags_parser=cli.parse_flags)

@@ -18,7 +18,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from rankjax import sweeps  # noqa: E402
+from rankjax import cli, sweeps  # noqa: E402
 from rankjax.train.config import with_overrides  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 
@@ -44,5 +44,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from rankjax import cli
   app.run(main, flags_parser=cli.parse_flags)

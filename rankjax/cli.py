@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 
 
-def _first_line_detail(error: BaseException) -> list[str]:
+def _message_lines(error: BaseException) -> list[str]:
   """The lines of the innermost message of `error` (ml_collections wraps a KeyError in an AttributeError)."""
   detail = error.args[0] if error.args else error
   if isinstance(detail, BaseException):
@@ -19,7 +19,7 @@ def _first_line_detail(error: BaseException) -> list[str]:
 
 def config_error_message(error: BaseException, argv: list[str]) -> str:
   """One line saying what is wrong with the config flags in `argv`, given the exception parsing them raised."""
-  lines = _first_line_detail(error)
+  lines = _message_lines(error)
   if isinstance(error, OSError):
     return f"cannot load the config file: {lines[-1].strip()}"  # e.g. [Errno 2] No such file or directory: ...
   key, hint = lines[0].strip("'\""), " ".join(line.strip() for line in lines[1:])

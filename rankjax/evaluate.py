@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rankjax import models
+from rankjax import cli, models
 from rankjax.eval import harness, settings as settings_lib
 from rankjax.train.restore import load_checkpoint
 
@@ -63,5 +63,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  from rankjax import cli
   app.run(main, flags_parser=cli.parse_flags)

@@ -12,6 +12,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from rankjax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints, results.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -83,5 +85,4 @@ def _exit_after_failure(error: Exception) -> None:
 
 
 if __name__ == "__main__":
-  from rankjax import cli
   app.run(main, flags_parser=cli.parse_flags)
