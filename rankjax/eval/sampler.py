@@ -16,11 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rankjax.models.engine import FINISH_LENGTH, FINISH_STOP
 from rankjax.models.generate import SamplingConfig, bucket_length, generate_tokens
 from rankjax.models.sharding import BATCH_AXES
-
-FINISH_STOP = "stop"  # the model emitted a stop token
-FINISH_LENGTH = "length"  # max_new_tokens tokens without a stop token
 
 
 def benchmark_id(name: str) -> int:
