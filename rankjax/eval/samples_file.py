@@ -38,31 +38,56 @@ def check_settings(directory: str, settings: dict) -> None:
   os.replace(tmp, path)
 
 
+def _parse_row(line: bytes) -> tuple[tuple[str, int, int], dict]:
+  """The (benchmark, problem, sample) key and the row of one line; raises ValueError when it is not a sample row."""
+  try:
+    row = json.loads(line.decode("utf-8"))
+    return (str(row["benchmark"]), int(row["problem"]), int(row["sample"])), row
+  except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    raise ValueError(str(e)) from None
+
+
+def _intact(path: str, data: bytes) -> tuple[dict[tuple[str, int, int], dict], int]:
+  """The rows of `data` (the bytes of samples.jsonl) and the length of the prefix that holds them.
+
+  The prefix ends after the last line that is newline-terminated and parses: a kill mid-write leaves a last line
+  without its newline, possibly cut inside a multi-byte UTF-8 character, and that line is not part of the record
+  even when its bytes happen to parse. A line that does not parse anywhere but last raises ValueError naming the
+  file and line. Reading and repairing both use this, so a count taken before a relaunch's repair equals the
+  file after it.
+  """
+  lines = data.split(b"\n")
+  complete = lines[:-1]  # the piece after the last newline is unterminated (b"" when the file ends with one)
+  while complete and not complete[-1].strip():
+    complete.pop()
+  rows, kept = {}, 0
+  offset = 0
+  for i, line in enumerate(complete):
+    offset += len(line) + 1
+    if not line.strip():
+      continue
+    try:
+      key, row = _parse_row(line)
+    except ValueError:
+      if i == len(complete) - 1:
+        break  # the last complete line is torn too (e.g. a newline inside the cut-short write): dropped
+      raise ValueError(f"{path}: line {i + 1} is not a sample row: {line[:200]!r}") from None
+    rows[key] = row
+    kept = offset
+  return rows, kept
+
+
 def read_samples(directory: str) -> dict[tuple[str, int, int], dict]:
   """Returns {(benchmark, problem, sample): row} of DIR/samples.jsonl ({} when absent).
 
-  A line that does not parse is skipped when it is the last one (a write cut short); elsewhere it raises
-  ValueError naming the file and line.
+  Only newline-terminated rows count: an unterminated or unparsable last line (a write cut short) is left out,
+  exactly as `SamplesWriter` will cut it; an unparsable line elsewhere raises ValueError naming the file and line.
   """
   path = os.path.join(directory, SAMPLES_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().split("\n")
-  rows = {}
-  last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
-  for i, line in enumerate(lines):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-      key = (str(row["benchmark"]), int(row["problem"]), int(row["sample"]))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-      if i == last:
-        break
-      raise ValueError(f"{path}: line {i + 1} is not a sample row: {line[:200]!r}") from None
-    rows[key] = row
-  return rows
+  with open(path, "rb") as f:
+    return _intact(path, f.read())[0]
 
 
 class SamplesWriter:
@@ -75,13 +100,15 @@ class SamplesWriter:
     self._file = open(self.path, "a", encoding="utf-8")
 
   def _repair_tail(self) -> None:
-    """Cuts an unterminated last line (from a kill mid-write) so that appends start on a fresh line."""
+    """Cuts what `read_samples` leaves out at the end (a line torn by a kill mid-write), so that the file holds
+    exactly the rows read back and appends start on a fresh line."""
     if not os.path.exists(self.path):
       return
     with open(self.path, "rb+") as f:
       data = f.read()
-      if data and not data.endswith(b"\n"):
-        f.truncate(data.rfind(b"\n") + 1)
+      keep = _intact(self.path, data)[1]
+      if keep != len(data):
+        f.truncate(keep)
 
   def write(self, rows: list[dict]) -> None:
     for row in rows:
