@@ -28,15 +28,16 @@ demo: install
 	$(PY) -m rankjax.main --config=configs/demo.py --workdir=$(WORKDIR)
 
 # Two parts, both always run: the tests in parallel on 2 workers, without those marked `multiprocess`
-# (they start JAX processes: rankjax.main, jax.distributed workers, pip), then those alone, one at a
-# time, so that they never compete with each other or with the other worker's compiles. Fails if
+# (they start JAX processes: rankjax.main, jax.distributed workers, pip), then those, also on 2 workers,
+# the timing-sensitive ones (signals at chosen moments, multi-host runs) one after another on one worker
+# (tests/conftest.py TIMING_SENSITIVE), so that they never compete with each other. Fails if
 # either part fails; a part that selects no tests (exit 5, e.g. PYTEST_ARGS="-k ...") is fine unless
 # both do; an interrupted (2) or misused (4) first part stops there. PYTEST_ARGS goes to both
 # (e.g. PYTEST_ARGS='-m "not slow"').
 test: install-test
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q --durations=15 --multiprocess=exclude tests $(PYTEST_ARGS); a=$$?; \
 	if [ $$a -eq 2 ] || [ $$a -eq 4 ]; then exit $$a; fi; \
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=15 --multiprocess=only tests $(PYTEST_ARGS); b=$$?; \
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n 2 --dist loadgroup -q --durations=15 --multiprocess=only tests $(PYTEST_ARGS); b=$$?; \
 	echo "make test: parallel part exited $$a, multiprocess part exited $$b"; \
 	if [ $$a -eq 5 ] && [ $$b -eq 5 ]; then exit 5; fi; \
 	for rc in $$a $$b; do if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then exit $$rc; fi; done
