@@ -13,4 +13,5 @@ from rankjax.models.sharding import DEFAULT_RULES, MESH_AXES, check_mesh_sizes, 
 __all__ = ["default_config", "validate_config", "Transformer", "DecoderLayer", "init_cache", "build_model", "init_params",
            "logical_axes", "count_params", "from_pretrained", "save_pretrained", "build_hf_model", "load_params",
            "InitFrom", "resolve_init_from", "check_init_from_workdir", "HFConfigError", "config_from_hf", "config_to_hf",
-           "read_hf_config", "DEFAULT_RULES", "MESH_AXES", "check_mesh_sizes", "make_mesh", "param_shardings", "abstract_params", "model_shardings"]
+           "read_hf_config", "DEFAULT_RULES", "MESH_AXES", "check_mesh_sizes", "make_mesh", "param_shardings",
+           "abstract_params", "model_shardings"]
