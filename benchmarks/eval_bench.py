@@ -21,8 +21,9 @@ import jax
 from rankjax.train.restore import load_checkpoint
 from rankjax.eval import benchmarks, harness, settings
 from rankjax.eval.grading import GradingPool
-from rankjax.eval.sampler import Sampler, sample_keys
-from rankjax.models.generate import SamplingConfig
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.keys import sample_keys
+from rankjax.sampling.static_sampler import Sampler
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LATEX_CASES = [("The answer is $\\boxed{\\frac{1}{2}}$.", "0.5"), ("So \\boxed{2\\sqrt{3}}", "\\sqrt{12}"),

@@ -1,6 +1,6 @@
-"""Sampling throughput: static batching (`rankjax.eval.sampler.Sampler`, the evaluation harness's sampler before issue
-14) vs the continuous-batching engine
-(`rankjax.models.engine.Engine`), side by side in one process, on the demo model and a 1-layer Qwen2.5-1.5B-shaped
+"""Sampling throughput: static batching (`rankjax.sampling.static_sampler.Sampler`, the evaluation harness's sampler
+before issue 14) vs the continuous-batching engine
+(`rankjax.sampling.engine.Engine`), side by side in one process, on the demo model and a 1-layer Qwen2.5-1.5B-shaped
 model (random init), on an evaluation-like workload: P prompts x n samples at temperature 1.0, per-sample keys.
 
   python benchmarks/sampling_bench.py                                   # both models, CPU-sized defaults
@@ -13,7 +13,8 @@ the shape of a math evaluation where a wrong chain of thought often runs to the 
 end-of-sequence token, so the lengths are made by the model itself: `StopHazard` wraps it so that at every decode
 step (every token after the first) the stop token STOP_ID has probability exactly 1 / mean-len at temperature 1
 (its logit is set to logsumexp(other logits) + log(h / (1 - h))). A sample's length is then a function of its prompt
-and its own PRNG key, identical under both methods (they draw token t of a sample with fold_in(key, t) in both), and
+and its own PRNG key, identical under both methods (they draw token t of a sample with fold_in(key, t) in both) up to
+float rounding of the logits, which the batch shapes change in the last bits (see `rankjax.sampling`), and
 both methods run with ONE SamplingConfig (max_new_tokens = cap, stop_ids = (STOP_ID,)), exactly as the evaluation
 harness does. The script checks that every sample's tokens agree across methods ("same samples" column).
 
@@ -41,7 +42,7 @@ useful work, decode steps, prefills, and the speed-up over static. Slot-steps co
 token of every sample is drawn from its prefill in both methods): static: sum over rows of (tokens drawn - 1) over
 rows x (decode steps of the batch), the batch running until its longest row has drawn its stop token or the cap;
 engine: `EngineStats.useful_fraction`. A final line checks the engine's greedy outputs against
-static batching's (`generate_tokens`, what `models.generate` ran before it moved onto the engine) on the workload's
+static batching's (`generate_tokens`, what `generate` ran before it moved onto the engine) on the workload's
 prompts for the demo model (unwrapped, --check-max-new tokens).
 
 The Qwen2.5-1.5B-shaped model runs in float32: XLA:CPU has no fast bf16 matmul (see model_bench). Its decode step is
@@ -66,9 +67,11 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from rankjax import models  # noqa: E402
-from rankjax.eval.sampler import Sampler, sample_keys  # noqa: E402
-from rankjax.models.engine import Engine, Request  # noqa: E402
-from rankjax.models.generate import SamplingConfig, bucket_length  # noqa: E402
+from rankjax.sampling.buckets import bucket_length  # noqa: E402
+from rankjax.sampling.config import SamplingConfig  # noqa: E402
+from rankjax.sampling.engine import Engine, Request  # noqa: E402
+from rankjax.sampling.keys import sample_keys  # noqa: E402
+from rankjax.sampling.static_sampler import Sampler  # noqa: E402
 from rankjax.train.config import load_config_file  # noqa: E402
 
 STOP_ID = 1  # prompts use ids >= 3; 0 is the pad id
@@ -191,7 +194,7 @@ def run_engine(model, params, w: Workload, slots: int, max_len: int, steps_per_s
 
 def greedy_check(model, params, prompts, slots: int, max_new: int, steps_per_sync: int) -> tuple[int, int]:
   """(prompts whose engine greedy continuation equals static batching's, prompts). The static side is
-  `generate_tokens` on one left-padded batch of all prompts (through `Sampler`), what `models.generate` ran before
+  `generate_tokens` on one left-padded batch of all prompts (through `Sampler`), what `generate` ran before
   it moved onto the engine."""
   sampling = SamplingConfig(max_new)
   static = Sampler(model, params, sampling, len(prompts))

@@ -13,8 +13,9 @@ from rankjax import models
 from rankjax.data import bpe
 from rankjax.data.formatting import Formatter
 from rankjax.eval import benchmarks, report, samples_file, settings
-from rankjax.eval.sampler import Sampler, sample_keys
-from rankjax.models.generate import SamplingConfig
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.keys import sample_keys
+from rankjax.sampling.static_sampler import Sampler
 from rankjax.train import loop
 from rankjax.train.config import load_config_file, with_overrides
 from rankjax.train.metrics_writer import read_metrics

@@ -7,14 +7,11 @@ import numpy as np
 import pytest
 
 from rankjax import models
-from rankjax.eval.greedy import greedy_generate
-from rankjax.models.engine import generate
-from rankjax.models.generate import (
-  SamplingConfig,
-  bucket_length,
-  generate_tokens,
-  sample_next,
-)
+from rankjax.sampling.buckets import bucket_length
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.generation import generate
+from rankjax.sampling.greedy import greedy_generate
+from rankjax.sampling.static_batch import generate_tokens, sample_next
 
 VOCAB = 61
 PROMPTS = [[3, 14, 15, 9, 26, 5, 35, 8, 9, 7, 9, 3, 2, 38, 4, 6, 26, 43, 3, 8],
@@ -160,3 +157,17 @@ def test_long_generation_has_no_length_limit(model_params):
 
 def test_bucket_length():
   assert [bucket_length(n) for n in (1, 16, 17, 128, 129, 300, 1000, 1025)] == [16, 16, 32, 128, 160, 320, 1024, 1280]
+
+
+def test_bucket_padding_bound_of_the_docstring():
+  """bucket_length's stated bound over every length 1..4096: below 8 * 16 = 128 fewer than 16 padding tokens,
+  beyond it less than 1/5 of the padded length (the bound is tight: 2049 -> 2560), 4 widths per doubling."""
+  lengths = range(1, 4097)
+  padded = {n: bucket_length(n) for n in lengths}
+  assert all(b >= n and b % 16 == 0 for n, b in padded.items())
+  assert all(padded[n] - n < 16 for n in range(1, 129))
+  assert all(5 * (padded[n] - n) < padded[n] for n in range(129, 4097))
+  assert max((padded[n] - n) / padded[n] for n in range(129, 4097)) > 0.199  # 1/8 (the old claim) was false
+  assert (padded[129], padded[2049]) == (160, 2560)
+  for k in range(8, 12):  # (2^(k-1), 2^k]: 5/8, 6/8, 7/8, 8/8 of 2^k
+    assert sorted({padded[n] for n in range(2 ** (k - 1) + 1, 2 ** k + 1)}) == [2 ** k * i // 8 for i in (5, 6, 7, 8)]

@@ -215,8 +215,8 @@ def test_corrupt_and_missing_files_are_named(checkpoints, tmp_path):
 
 @pytest.mark.parametrize("family", ["llama3", "qwen2_tied", "qwen3"])
 def test_greedy_generation_equals_transformers_generate(checkpoints, family):
-  from rankjax.models.engine import generate  # noqa: PLC0415
-  from rankjax.models.generate import SamplingConfig  # noqa: PLC0415
+  from rankjax.sampling.config import SamplingConfig  # noqa: PLC0415
+  from rankjax.sampling.generation import generate  # noqa: PLC0415
   path, hf = checkpoints[family]
   model, params = models.from_pretrained(path, dtype=jnp.float32)
   rng = np.random.default_rng(2)

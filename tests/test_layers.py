@@ -1,11 +1,13 @@
-"""The package's floors: models and losses at the bottom, data above them, train and eval next, entry points on
-top. No module imports from a higher floor, and no import cycle exists, even one hidden inside a function."""
+"""The package's floors: models and losses at the bottom, data and sampling above them, train and eval next, entry
+points on top. No module imports from a higher floor, and no import cycle exists, even one hidden inside a function."""
 
 import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
-FLOOR = {"models": 0, "losses": 0, "data": 1, "train": 2, "eval": 2, "diagnostics": 2}
+# sampling (generation on a model) sits on floor 1: it needs only models, and eval (benchmarks) and train (rollouts)
+# use it.
+FLOOR = {"models": 0, "losses": 0, "data": 1, "sampling": 1, "train": 2, "eval": 2, "diagnostics": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -9,7 +9,7 @@ import numpy as np
 from rankjax import losses
 from rankjax.data.formatting import Formatter
 from rankjax.data.synthetic import extract_answer
-from rankjax.eval.greedy import greedy_generate
+from rankjax.sampling.greedy import greedy_generate
 
 
 def answer_accuracy(model, params, formatter: Formatter, records, max_new_tokens: int, batch_size: int = 256):

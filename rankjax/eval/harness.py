@@ -3,7 +3,7 @@
 `run_eval` is what `python -m rankjax.evaluate` and the training loop's periodic evaluation call: the model,
 its params (on `mesh`), the prompt formatter and the eval settings in; results out, and with `out_dir` the
 files samples.jsonl, results.json and results.md. Generation runs on the continuous-batching engine
-(`rankjax.models.engine`: one request per problem, its prompt prefilled once, `batch_size` decode slots split over
+(`rankjax.sampling.engine`: one request per problem, its prompt prefilled once, `batch_size` decode slots split over
 the mesh); every process generates, process 0 grades (as samples finish), writes and returns the results.
 """
 
@@ -25,9 +25,9 @@ from rankjax.eval import benchmarks as benchmarks_lib
 from rankjax.eval import report, samples_file, settings as settings_lib
 from rankjax.eval.answers import extract_answer
 from rankjax.eval.grading import GradingPool
-from rankjax.eval.sampler import sample_keys
-from rankjax.models.engine import Request, Sample, engine_for
-from rankjax.models.generate import SamplingConfig
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.engine import Request, Sample, engine_for
+from rankjax.sampling.keys import sample_keys
 
 DEFAULT_PLAIN_TEMPLATE = "Question: {prompt}\nAnswer: "
 

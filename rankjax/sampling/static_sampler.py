@@ -1,7 +1,10 @@
-"""Sampled generation for evaluation: fixed-size batches of (prompt, per-sample key) rows, data-parallel on a mesh.
+"""Static-batch sampling on a mesh: fixed-size batches of (prompt, per-sample key) rows, data-parallel.
 
-Every row carries its own PRNG key, so a sample depends only on its key and prompt: the same seed gives the
-same samples whatever the batch size, the device count or which samples a resumed run still had to draw.
+The evaluation harness sampled this way before the continuous-batching engine (`rankjax.sampling.engine`); it
+remains the baseline the engine is tested and benchmarked against. Every row carries its own PRNG key, so a
+sample's random draws depend only on its key: the same seed gives the same samples whatever the batch size, the
+device count or which samples a resumed run still had to draw, up to float rounding of the logits (the batch's
+width and row count; see "Reproducibility" in `rankjax.sampling`).
 Rows are split over the mesh's batch axes ("data", "fsdp"); with several processes every host builds the
 same global batch, computes its devices' rows, and all hosts receive every row's tokens.
 """
@@ -9,40 +12,17 @@ same global batch, computes its devices' rows, and all hosts receive every row's
 from __future__ import annotations
 
 import dataclasses
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rankjax.models.engine import FINISH_LENGTH, FINISH_STOP
-from rankjax.models.generate import SamplingConfig, bucket_length, generate_tokens
 from rankjax.models.sharding import BATCH_AXES
-
-
-def benchmark_id(name: str) -> int:
-  """A stable 31-bit id of a benchmark name (part of every sample's key)."""
-  return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
-
-
-@jax.jit
-def _keys(seed, bench, problem, sample):
-  def one(b, i, j):
-    key = jax.random.PRNGKey(seed)
-    return jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, b), i), j)
-  return jax.vmap(one)(bench, problem, sample)
-
-
-def sample_keys(seed: int, items) -> np.ndarray:
-  """Returns raw uint32 keys [len(items), 2]: fold_in(fold_in(fold_in(PRNGKey(seed), bench id), problem), sample)
-  for each (benchmark name, problem index, sample index) of `items`."""
-  if not items:
-    return np.zeros((0, 2), np.uint32)
-  bench = np.asarray([benchmark_id(b) for b, _, _ in items], np.uint32)
-  problem = np.asarray([i for _, i, _ in items], np.uint32)
-  sample = np.asarray([j for _, _, j in items], np.uint32)
-  return np.asarray(jax.device_get(_keys(seed, bench, problem, sample)))
+from rankjax.sampling.buckets import bucket_length
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.finish import FINISH_LENGTH, FINISH_STOP
+from rankjax.sampling.static_batch import generate_tokens
 
 
 @dataclasses.dataclass(frozen=True)

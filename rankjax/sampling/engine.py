@@ -9,10 +9,13 @@ finished samples and refills their slots at once with pending ones, so short sam
 
 Every shape is static (slots, max_len, the sync interval); prompt widths are bucketed and prefill batches have a
 power-of-two number of rows, so the programs compiled are bounded (per width bucket, at most log2(slots) + 1 prefill
-and insert shapes) and a warmed-up engine does not recompile. Sample j of a request draws its t-th token (t = 0 for the token after the prompt) with
-fold_in(key_j, t), key_j being the sample's own raw PRNG key: results do not depend on the slot count, the slot a
-sample ran in or its neighbours, and they equal `generate_tokens` with the same per-row keys (up to float rounding
-of the logits, which prompt padding may change in the last bit). Greedy requests (temperature 0) need no key.
+and insert shapes) and a warmed-up engine does not recompile. Sample j of a request draws its t-th token (t = 0 for
+the token after the prompt) with fold_in(key_j, t), key_j being the sample's own raw PRNG key, so its random draws
+do not depend on the slot count, the slot it ran in or its neighbours. Its logits do, up to float rounding: the
+prefill batch's width and row count depend on which prompts enter slots together, and the decode batch is `slots`
+rows wide (see "Reproducibility" in `rankjax.sampling`). So samples equal those of another slot count, and
+`generate_tokens` with the same per-row keys, except where that rounding flips a token. Greedy requests
+(temperature 0) need no key.
 
 Sampling parameters are per request: temperature, top_p, top_k, stop ids and max_new_tokens.
 """
@@ -28,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rankjax.models import config as model_config
 from rankjax.models.config import resolve_dtype
 from rankjax.models.decoder import init_cache
-from rankjax.models.generate import SamplingConfig, bucket_length
 from rankjax.models.sharding import BATCH_AXES
+from rankjax.sampling.buckets import bucket_length
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.finish import FINISH_LENGTH, FINISH_STOP
 
-FINISH_STOP = "stop"  # the model emitted a stop token
-FINISH_LENGTH = "length"  # max_new_tokens tokens without a stop token
 NO_STOP = -1  # padding of the per-slot stop-id table
 
 
@@ -85,7 +89,7 @@ class EngineStats:
 
 def _filtered(logits, top_p, top_k, k_max: int):
   """float32 logits [V] of one slot with tokens outside its top_k (0 = all), then outside its nucleus of mass
-  top_p (under the top-k renormalised distribution), set to -inf; as `generate.filter_logits` with per-slot
+  top_p (under the top-k renormalised distribution), set to -inf; as `static_batch.filter_logits` with per-slot
   parameters. `k_max` (static) bounds every slot's top_k (V when some slot has none)."""
   desc = jax.lax.top_k(logits, k_max)[0]
   k_eff = jnp.where(top_k > 0, jnp.minimum(top_k, k_max), k_max)
@@ -380,7 +384,6 @@ def kv_cache_bytes(config, slots: int, max_len: int, dtype=None) -> int:
   """Bytes of the engine's KV cache for a model config: keys and values of every layer, slot and position
   (2 * layers * slots * max_len * kv_heads * head_dim * itemsize), plus the int32 segment ids; `dtype` defaults to
   the model's compute dtype (the cache's)."""
-  from rankjax.models import config as model_config  # noqa: PLC0415
   itemsize = np.dtype(resolve_dtype(dtype or config.dtype)).itemsize
   kv = 2 * config.num_layers * slots * max_len * config.num_kv_heads * model_config.head_dim(config) * itemsize
   return int(kv + 4 * slots * max_len)
@@ -391,42 +394,3 @@ def engine_for(model, params, requests: list[Request], slots: int, mesh: Mesh | 
   """An Engine whose max_len fits `requests` (the widest bucketed prompt + the largest max_new_tokens)."""
   max_len = max(bucket_length(len(r.prompt)) + r.sampling.max_new_tokens for r in requests)
   return Engine(model, params, slots, max_len, mesh, steps_per_sync, pad_id)
-
-
-def _raw_key(rng) -> jax.Array:
-  if isinstance(rng, (int, np.integer)):
-    return jax.random.PRNGKey(int(rng))
-  return jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-
-
-def generate(model, params, prompts: list[list[int]], sampling: SamplingConfig, rng=None, pad_id: int = 0,
-             batch_size: int | None = None, mesh: Mesh | None = None) -> list[list[int]]:
-  """Returns the continuation (list of token ids, stop id excluded) of each token-id prompt, by the engine.
-
-  Decode slots: the number of prompts rounded up to a power of two, at most `batch_size` (None: 256). `rng` (a PRNG key or an int seed) is required when sampling.temperature > 0: prompt i samples with
-  fold_in(rng, i), so its continuation depends on rng, the prompt and its index only, not on batch_size.
-  """
-  if not isinstance(sampling, SamplingConfig):
-    raise TypeError(f"generate: sampling must be a SamplingConfig, got {type(sampling).__name__}")
-  if batch_size is not None and batch_size <= 0:
-    raise ValueError(f"generate: batch_size={batch_size} must be positive")
-  if sampling.temperature > 0 and rng is None:
-    raise ValueError("generate: rng is required when sampling.temperature > 0")
-  vocab = int(model.config.vocab_size)
-  for i, pr in enumerate(prompts):
-    if len(pr) == 0:
-      raise ValueError(f"generate: prompts[{i}] is empty")
-    if min(pr) < 0 or max(pr) >= vocab:
-      raise ValueError(f"generate: prompts[{i}] has token ids outside [0, vocab_size={vocab})")
-  if not prompts:
-    return []
-  keys = None
-  if rng is not None:
-    base = _raw_key(rng)
-    keys = np.asarray(jax.device_get(jax.vmap(lambda i: jax.random.fold_in(base, i))(
-        jnp.arange(len(prompts), dtype=jnp.uint32)))).astype(np.uint32)
-  requests = [Request(list(pr), sampling, keys=None if keys is None else keys[i:i + 1])
-              for i, pr in enumerate(prompts)]
-  slots = min(batch_size or 256, 1 << (len(prompts) - 1).bit_length())
-  results = engine_for(model, params, requests, slots, mesh, pad_id=pad_id).run(requests)
-  return [r[0].tokens for r in results]

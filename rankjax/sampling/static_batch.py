@@ -2,67 +2,21 @@
 
 `generate_tokens`, the jitted core of a static batch: one batched prefill of left-padded prompts into the KV
 cache, then a `lax.while_loop` of single-token cache steps that ends when every row has hit a stop id or
-`max_new_tokens` tokens exist (so the whole batch waits for its longest row). `SamplingConfig`, `sample_next`,
-`filter_logits` and `bucket_length` are shared with the continuous-batching engine (`rankjax.models.engine`),
-whose `generate` is the entry point for lists of prompts.
+`max_new_tokens` tokens exist (so the whole batch waits for its longest row). It is the baseline that the
+continuous-batching engine (`rankjax.sampling.engine`) is tested and benchmarked against; `filter_logits` is the
+reference of the engine's per-slot filter.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rankjax.models.config import resolve_dtype
 from rankjax.models.decoder import init_cache
-
-
-def _check_sampling(temperature, top_p, top_k) -> None:
-  """Raises ValueError naming the field if a sampling parameter is out of range."""
-  if not (math.isfinite(temperature) and temperature >= 0):
-    raise ValueError(f"sampling: temperature={temperature} must be finite and >= 0 (0 = greedy)")
-  if not 0 < top_p <= 1:
-    raise ValueError(f"sampling: top_p={top_p} must lie in (0, 1]")
-  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-    raise ValueError(f"sampling: top_k={top_k!r} must be an int >= 0 (0 = off)")
-
-
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-  """How to pick each new token. Hashable, so it is a static argument of the jitted core.
-
-  temperature 0 is greedy (argmax; top_p and top_k then change nothing). Otherwise logits are
-  divided by the temperature, cut to the top_k largest (0 = off), then to the smallest set whose
-  probability mass is >= top_p (1 = off), and sampled. Generation of a row ends at its first
-  stop id (not returned) or after max_new_tokens tokens.
-  """
-
-  max_new_tokens: int
-  temperature: float = 0.0
-  top_p: float = 1.0
-  top_k: int = 0
-  stop_ids: tuple[int, ...] = ()
-
-  def __post_init__(self):
-    n = self.max_new_tokens
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-      raise ValueError(f"sampling: max_new_tokens={n!r} must be a positive int")
-    _check_sampling(self.temperature, self.top_p, self.top_k)
-    try:
-      stop_ids = tuple(int(s) for s in self.stop_ids)
-    except (TypeError, ValueError):
-      raise ValueError(f"sampling: stop_ids={self.stop_ids!r} must be a sequence of ints") from None
-    if any(s < 0 for s in stop_ids):
-      raise ValueError(f"sampling: stop_ids={stop_ids} must be non-negative token ids")
-    object.__setattr__(self, "max_new_tokens", int(n))
-    object.__setattr__(self, "temperature", float(self.temperature))
-    object.__setattr__(self, "top_p", float(self.top_p))
-    object.__setattr__(self, "top_k", int(self.top_k))
-    object.__setattr__(self, "stop_ids", stop_ids)
+from rankjax.sampling.config import SamplingConfig, check_sampling
 
 
 def filter_logits(logits: jax.Array, top_p: float = 1.0, top_k: int = 0) -> jax.Array:
@@ -93,7 +47,7 @@ def sample_next(logits: jax.Array, key, temperature: float = 0.0, top_p: float =
   temperature, top_p, top_k are Python numbers (static under jit); computation is float32.
   temperature 0 returns the argmax and ignores `key` (which may then be None).
   """
-  _check_sampling(temperature, top_p, top_k)
+  check_sampling(temperature, top_p, top_k)
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   if key is None:
@@ -121,9 +75,10 @@ def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array
   tokens. Row b's continuation is tokens[b, :lengths[b]] (stop id excluded); entries past it
   are 0. A row with no real token is inactive (length 0). `rng` is one PRNG key, whose step-t key
   fold_in(rng, t) samples the whole batch, or a batch of per-row keys ([B] typed or [B, 2] raw),
-  row b then drawing its step-t token with fold_in(rng[b], t): its continuation depends only on its
-  own key and prompt, not on its batch neighbours (so a sample is reproducible whatever the
-  batching). rng may be None only for greedy sampling.
+  row b then drawing its step-t token with fold_in(rng[b], t): its random draws depend only on its
+  own key, and its logits on its batch neighbours (the batch's width and row count) only up to float
+  rounding, so a sample repeats whatever the batching except where that rounding flips a token
+  (see "Reproducibility" in `rankjax.sampling`). rng may be None only for greedy sampling.
   """
   if not isinstance(sampling, SamplingConfig):
     raise TypeError(f"generate_tokens: sampling must be a SamplingConfig, got {type(sampling).__name__}")
@@ -180,11 +135,3 @@ def generate_tokens(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array
   state = (jnp.ones((), jnp.int32), token, cache, out, lengths, done)
   _, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, state)
   return out, lengths
-
-
-def bucket_length(n: int, minimum: int = 16) -> int:
-  """Returns the padded length for `n`: a multiple of `minimum` up to 8 * minimum, beyond that a
-  multiple of next_power_of_two(n) / 8 (at most 1/8 wasted; about 8 sizes per doubling)."""
-  pow2 = 1 << max(int(n) - 1, 0).bit_length()
-  step = max(minimum, pow2 // 8)
-  return max(step, -(-int(n) // step) * step)

@@ -1,9 +1,9 @@
-"""Greedy decoding with a KV cache (a thin wrapper over the engine's `rankjax.models.engine.generate`)."""
+"""Greedy decoding with a KV cache (a thin wrapper over `rankjax.sampling.generation.generate`, on the engine)."""
 
 from __future__ import annotations
 
-from rankjax.models.engine import generate
-from rankjax.models.generate import SamplingConfig
+from rankjax.sampling.config import SamplingConfig
+from rankjax.sampling.generation import generate
 
 
 def greedy_generate(model, params, prompts: list[list[int]], max_new_tokens: int, eos_id: int,
