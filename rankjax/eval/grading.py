@@ -5,7 +5,7 @@ that are killed when a grading hangs or crashes (math-verify's own signal-based 
 C-level work such as big-integer arithmetic), so one pathological answer costs one False, never the run.
 
 The workers are started with "spawn" (never "fork": the parent is usually a multi-threaded JAX process) and
-import only this module, rankjax.eval.answers and math_verify. This module imports neither jax nor sympy at
+import only this module, rankjax.data.answers and math_verify. This module imports neither jax nor sympy at
 import time: math_verify is imported on the first grading, pebble when a pool starts.
 """
 
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Self
 
-from rankjax.eval.answers import extract_answer
+from rankjax.data.answers import extract_answer
 
 GradeFn = Callable[[str, str, float], bool]
 
