@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rankjax.eval.answers import extract_answer
-from rankjax.eval.grading import GradingPool, grade, grade_many
+from rankjax.eval.grading import GradingPool, _normalise, grade, grade_many
 from rankjax.eval.pass_at_k import mean_pass_at_k, pass_at_k
 
 SCALE = float(os.environ.get("RANKJAX_TEST_TIMEOUT_SCALE", "1"))  # as in tests/conftest.py: more time on slow machines
@@ -62,6 +62,18 @@ CATALOGUE = [
   ("units-degree-sign", "\\boxed{45°}", "45", True),
   ("units-plain-words", "The answer is 18 dollars.", "18", True),
   ("units-wrong-value", "\\boxed{6 \\text{ cm}}", "5", False),
+  ("units-plain-words-apples", "\\boxed{5 apples}", "5", True),
+  ("units-multiplier-million-is-not-the-number", "\\boxed{5 million}", "5", False),
+  ("units-multiplier-text-million-is-not-the-number", "\\boxed{5\\text{ million}}", "5", False),
+  ("units-multiplier-gold-million-is-not-the-number", "\\boxed{5}", "5 million", False),
+  ("units-multiplier-million-equals-its-digits", "\\boxed{5 million}", "5000000", True),
+  ("units-multiplier-gold-million-equals-its-digits", "\\boxed{5000000}", "5 \\text{ million}", True),
+  ("units-multiplier-decimal-thousand-dollars", "The answer is 2.5 thousand dollars.", "2500", True),
+  ("units-multiplier-dozen", "\\boxed{3 dozen}", "36", True),
+  ("units-multiplier-dozen-eggs-is-not-the-number", "\\boxed{3 dozen eggs}", "3", False),
+  ("units-multiplier-hundred-thousand", "#### 2 hundred thousand", "200000", True),
+  ("units-multiplier-billion-is-not-a-million", "\\boxed{5 billion}", "5 million", False),
+  ("units-fraction-word-is-not-a-unit", "\\boxed{5\\text{ thirds}}", "5", False),
   ("percent-latex-vs-number", "\\boxed{50\\%}", "50", True),
   ("percent-number-vs-latex-gold", "\\boxed{50}", "50\\%", True),
   ("percent-plain-sign", "The answer is 50%.", "50", True),
@@ -148,6 +160,27 @@ def test_catalogue(catalogue_verdicts, completion, gold, verdict):
   assert catalogue_verdicts[(completion, gold)] == verdict
 
 
+@pytest.mark.parametrize("answer,normalised", [
+  ("5 million", "5000000"),
+  ("5\\text{ million}", "5000000"),
+  ("\\text{5 million}", "5000000"),
+  ("5\\,\\mbox{million}", "5000000"),
+  ("-\\$1,500 thousands", "-\\$1500000"),
+  ("1.25 billion", "1250000000"),
+  ("0.5 dozen", "6"),
+  ("2 hundred thousand dollars", "200000"),
+  ("5 million 3", "5000000 3"),
+  ("18 dollars", "18"),  # words that are units are still dropped
+  ("5 thirds", "5 thirds"),  # fraction words are not units
+  ("5\\text{ thirds}", "5 thirds"),
+  ("5 \\text{ cm}", "5 \\text{ cm}"),  # left to math-verify's unit handling
+  ("-2 \\text{ and } 1", "-2 \\text{ and } 1"),
+])
+def test_normalise_keeps_multiplier_words(answer, normalised):
+  """Regression: "5 million" was reduced to "5" like "5 apples", so it graded equal to 5."""
+  assert _normalise(answer) == normalised
+
+
 def test_pathological_expression_is_wrong_within_the_timeout(pool):
   pool.grade_many([("\\boxed{1}", "1")])  # workers warm
   start = time.monotonic()
@@ -167,9 +200,19 @@ def test_grade_in_process(completion, gold, verdict):
   assert grade(completion, gold, timeout_s=TIMEOUT_S) is verdict
 
 
-def test_grade_many_serial_mode_and_order():
+def test_grade_many_one_worker_keeps_the_order():
   pairs = [("\\boxed{1}", "1"), ("\\boxed{2}", "3"), ("nothing", "1"), ("#### 4", "4")]
-  assert grade_many(pairs, timeout_s=TIMEOUT_S, workers=0) == [True, False, False, True]
+  assert grade_many(pairs, timeout_s=TIMEOUT_S, workers=1) == [True, False, False, True]
+
+
+@pytest.mark.parametrize("workers", [0, 0.5, True, "2"])
+def test_zero_workers_is_refused(workers):
+  """Regression: GradingPool(0) graded in the calling process, on any thread, with no timeout that could stop a
+  pathological answer; every grading now runs in a worker process that is killed at its timeout."""
+  with pytest.raises(ValueError, match=r"workers must be an int >= 1 .*no timeout"):
+    GradingPool(workers)
+  with pytest.raises(ValueError, match="workers must be an int >= 1"):
+    grade_many([("\\boxed{1}", "1")], workers=workers)
 
 
 def chaos_grade(answer: str, gold: str, timeout_s: float) -> bool:
@@ -222,7 +265,7 @@ def test_pool_survives_hung_gradings():
 
 
 def test_closed_pool_refuses_work():
-  pool = GradingPool(workers=0)
+  pool = GradingPool(workers=1)
   pool.close()
   with pytest.raises(RuntimeError, match="closed"):
     pool.grade_many([("\\boxed{1}", "1")])
@@ -232,7 +275,7 @@ def test_invalid_pool_arguments():
   with pytest.raises(ValueError, match="workers"):
     GradingPool(workers=-1)
   with pytest.raises(ValueError, match="timeout_s"):
-    GradingPool(workers=0, timeout_s=0)
+    GradingPool(workers=1, timeout_s=0)
 
 
 def test_importing_grading_imports_neither_jax_nor_sympy():
@@ -258,7 +301,7 @@ def test_importing_grading_imports_neither_jax_nor_sympy():
   ("\\boxed{3} and a truncated \\boxed{4", "3"),
   ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
   ("\\boxedfoo{3}", None),
-  ("step\n#### 1,234\nmore text", "1,234"),
+  ("step\n#### 1,234\nmore text", "1234"),  # thousands commas removed, as in a gold answer
   ("#### 5\n#### 6", "6"),
   ("\\boxed{5}\n#### 6", "5"),
   ("#### 6\nThe answer is 7.", "6"),

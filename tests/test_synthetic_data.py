@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rankjax.data import synthetic
+from rankjax.data.answers import extract_answer
 
 EQUATION = re.compile(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)")
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
@@ -72,9 +73,9 @@ def test_splits_deterministic_by_seed():
 @pytest.mark.parametrize("template", synthetic.TEMPLATES)
 def test_templates_render_and_answer_extracts(template):
   for example in synthetic.make_examples(synthetic.FAMILIES, 90, seed=1, template=template):
-    assert synthetic.extract_answer(example.response) == example.answer
-    assert synthetic.extract_answer(example.prompt + example.response) == example.answer
-    assert synthetic.extract_answer(example.prompt) is None
+    assert extract_answer(example.response) == example.answer  # the one extractor of every source and of grading
+    assert extract_answer(example.prompt + example.response) == example.answer
+    assert extract_answer(example.prompt) is None
     solution = example.response.split("\n")[0].removeprefix("Answer:")
     check_steps(re.findall(r"[^.]+\.", solution), int(example.answer))  # one sentence per step
 
@@ -90,27 +91,6 @@ def test_template_formats():
   assert synthetic.question_of(pre) == synthetic.question_of(fine) == q
   with pytest.raises(ValueError):
     synthetic.render(q, steps, answer, "add", "chat")
-
-
-@pytest.mark.parametrize("text, expected", [
-  ("Answer: 3 + 5 = 8.\n#### 8", "8"),
-  (" 2 + 3 = 5.\nThe answer is 5.", "5"),
-  ("#### 12\n#### 34", "34"),
-  ("The answer is 3. Wait, the answer is 4.", "4"),
-  ("#### 7 then The answer is 9", "9"),
-  ("####-3", "-3"),
-  ("The answer is -12.", "-12"),
-  ("", None),
-  ("no answer here 42", None),
-  ("#### ", None),
-  ("The answer is x.", None),
-  ("#### 12abc", None),
-  ("The answer is 3.5", None),
-  ("The answer is 1,000", None),
-  ("\x00\ufffd####\n5", None),
-])
-def test_extract_answer(text, expected):
-  assert synthetic.extract_answer(text) == expected
 
 
 def test_no_eval_question_in_finetune():

@@ -71,7 +71,7 @@ def test_gsm8k_records_equal_the_jsonl(gsm8k):
 
 def test_reload_reuses_the_prepared_dataset(gsm8k):
   manual_dir, data_dir, prepare_s = gsm8k
-  info = data_dir / "gsm8k_local" / "1.0.0" / "dataset_info.json"
+  info = data_dir / "gsm8k_local" / "1.1.0" / "dataset_info.json"
   mtime = info.stat().st_mtime_ns
   start = time.perf_counter()
   src = tb.load_source("gsm8k_local", "train", str(manual_dir), str(data_dir))
@@ -244,13 +244,26 @@ def test_builder_names_and_configs(tmp_path):
     (r"\boxed{1} then \boxed{\frac{a}{b}}", r"\frac{a}{b}"),
     (r"\boxed{1} then \boxed{unbalanced", "1"),
     (r"The answer is \boxed 42$.", "42"),
+    ("steps\n#### 1,234 ", "1234"),
     ("no answer", ""),
 ])
-def test_last_boxed(text, want):
-  assert tb.last_boxed(text) == want
+def test_gold_answer(text, want):
+  assert tb.gold_answer(text) == want
 
 
-def test_gsm8k_answer_and_number_text():
-  assert tb.gsm8k_answer("steps\n#### 1,234 ") == "1234"
-  assert tb.gsm8k_answer("no marker") == ""
+def test_number_text():
   assert (tb.number_text(27.0), tb.number_text(0.5), tb.number_text(-1)) == ("27", "0.5", "-1")
+
+
+def test_builders_register_from_their_package_modules():
+  """The builders live in rankjax.data.tfds_builders.builders: TFDS still registers them by name and finds their
+  code (through importlib_resources), and the package keeps the old import path working."""
+  import importlib_resources
+  import tensorflow_datasets as tfds
+
+  from rankjax.data.tfds_builders import builders
+  registered = set(tfds.list_builders(with_community_datasets=False))
+  assert {"sft_jsonl", "gsm8k_local", "numina_math_cot", "math_eval"} <= registered
+  assert tfds.builder_cls("gsm8k_local") is builders.Gsm8kLocal is tb.Gsm8kLocal
+  assert builders.Gsm8kLocal.code_path.name == "builders.py" and builders.Gsm8kLocal.code_path.exists()
+  assert importlib_resources.files("rankjax.data.tfds_builders").joinpath("builders.py").is_file()

@@ -7,13 +7,14 @@ result of the last step). Operands stay in 1..20 (money bills of 10 or 20) and
 results below 400, so a tiny transformer can learn some of it.
 
 Families are split into pretraining formats and held-out fine-tuning formats;
-`make_splits` builds the three data sets used by the experiments.
+`make_splits` builds the three data sets used by the experiments. A response ends with "#### n" or
+"The answer is n.", which `rankjax.data.answers.extract_answer` (the extractor of every source and of
+grading) reads back as `answer`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -342,11 +343,3 @@ def as_records(examples: Sequence[Example], split: str) -> list[dict]:
   return [{"prompt": ex.prompt, "response": ex.response, "messages": "", "answer": ex.answer,
            "source_file": f"synthetic/{split}", "source_index": i, "error": ""} for i, ex in enumerate(examples)]
 
-
-_ANSWER_RE = re.compile(r"(?:####|\b[Tt]he answer is)[ \t]*(-?\d+)(?!\w|\.\d|,\d)")
-
-
-def extract_answer(text: str) -> str | None:
-  """Returns the last final answer ("#### n" or "The answer is n") in `text` as a digit string, else None."""
-  matches = _ANSWER_RE.findall(text)
-  return matches[-1] if matches else None

@@ -8,7 +8,7 @@ import numpy as np
 
 from rankjax import losses
 from rankjax.data.formatting import Formatter
-from rankjax.data.synthetic import extract_answer
+from rankjax.data.answers import extract_answer
 from rankjax.sampling.greedy import greedy_generate
 
 

@@ -5,12 +5,13 @@ that are killed when a grading hangs or crashes (math-verify's own signal-based 
 C-level work such as big-integer arithmetic), so one pathological answer costs one False, never the run.
 
 The workers are started with "spawn" (never "fork": the parent is usually a multi-threaded JAX process) and
-import only this module, rankjax.eval.answers and math_verify. This module imports neither jax nor sympy at
+import only this module, rankjax.data.answers and math_verify. This module imports neither jax nor sympy at
 import time: math_verify is imported on the first grading, pebble when a pool starts.
 """
 
 from __future__ import annotations
 
+import decimal
 import math
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Self
 
-from rankjax.eval.answers import extract_answer
+from rankjax.data.answers import extract_answer
 
 GradeFn = Callable[[str, str, float], bool]
 
@@ -32,15 +33,66 @@ _THIN_SPACE_THOUSANDS = re.compile(r"(?<=\d)\\[,;! ](?=\d{3}(?!\d))")  # 1\,000 
 _SPACE_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")  # 1 000 000
 _NUMBER = re.compile(r"(?:-|\\\$|\$)*\d[\d,]*(?:\.\d+)?")  # a leading number: -12, \$1,234.50
 _TEXT = re.compile(r"\\(?:text|textbf|mathrm)\{([^{}]*)\}")
+_LEADING_NUMBER = re.compile(r"((?:-|\\\$|\$)*)(\d[\d,]*(?:\.\d+)?)(.*)", re.DOTALL)  # sign/currency, digits, tail
+_WORD_GROUP = re.compile(r"\\(?:text|textrm|textnormal|textit|mbox|mathrm|operatorname)\s*\{([^{}]*)\}")
+_LATEX_SPACE = re.compile(r"\\(?:[,;:! ]|quad|qquad)|~")
+# Words that scale the number before them: "5 million" is 5000000, never 5 (math-verify alone drops a word or a
+# `\text{ million}` after a number as if it were a unit). Plurals are accepted ("5 thousands").
+MULTIPLIERS = {"hundred": 10 ** 2, "thousand": 10 ** 3, "lakh": 10 ** 5, "million": 10 ** 6, "crore": 10 ** 7,
+               "billion": 10 ** 9, "trillion": 10 ** 12, "quadrillion": 10 ** 15, "dozen": 12}
+# Words that divide the number before them ("5 thirds", "3 hundredths"): never dropped as units either.
+FRACTION_WORDS = {"half", "halve", "third", "quarter", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth",
+                  "tenth", "hundredth", "thousandth", "millionth", "billionth"}
+
+
+def _is_unit_word(word: str) -> bool:
+  """Returns whether `word` may be dropped after a number as a unit ("apples", "dollars"): three or more letters,
+  and neither a multiplier nor a fraction word."""
+  base = word.lower().removesuffix("s")
+  return word.isalpha() and len(word) >= 3 and base not in MULTIPLIERS and base not in FRACTION_WORDS
+
+
+def _tail_words(tail: str) -> list[str] | None:
+  """Returns the words of the text after a number, `\\text{...}` / `\\mbox{...}` groups unwrapped and LaTeX
+  spaces (`\\,`, `~`, `\\quad`) read as spaces; None when anything but plain words is left."""
+  words = _LATEX_SPACE.sub(" ", _WORD_GROUP.sub(lambda m: f" {m.group(1)} ", tail)).split()
+  return None if any("\\" in w or "{" in w or "}" in w for w in words) else words
+
+
+def _scaled_number(answer: str) -> str | None:
+  """Returns a number followed by multiplier words as the plain number they make, with any unit words after them
+  dropped: "5 million" -> "5000000", "\\$2.5\\text{ thousand dollars}" -> "\\$2500", "3 dozen eggs" -> "36".
+  A number followed by a fraction word keeps its words as plain text ("5\\text{ thirds}" -> "5 thirds"), which
+  math-verify cannot drop as a unit. None when `answer` is neither (it is then left to `_normalise`'s other rules).
+  Exact (decimal arithmetic)."""
+  match = _LEADING_NUMBER.fullmatch(answer)
+  words = _tail_words(match.group(3)) if match else None
+  if not words:
+    return None
+  bases = [w.lower().removesuffix("s") for w in words]
+  if bases[0] not in MULTIPLIERS:
+    return " ".join([match.group(1) + match.group(2), *words]) if FRACTION_WORDS & set(bases) else None
+  value = decimal.Decimal(match.group(2).replace(",", ""))
+  with decimal.localcontext(prec=2 * _MAX_ANSWER_CHARS):  # enough digits for any answer that is graded: exact
+    while words and words[0].lower().removesuffix("s") in MULTIPLIERS:
+      value *= MULTIPLIERS[words.pop(0).lower().removesuffix("s")]
+  digits = str(int(value)) if value == value.to_integral_value() else format(value.normalize(), "f")
+  number = match.group(1) + digits
+  if all(_is_unit_word(w) for w in words):  # unit words, as for a number without a multiplier
+    return number
+  return " ".join([number, *words])
 
 
 def _normalise(answer: str) -> str:
   """Returns `answer` with what math-verify misreads rewritten.
 
   Thousands separated by a LaTeX thin space (`1\\,000`) or by spaces (`1 000`) become plain digits; a whole
-  `\\text{...}` that starts with a number (`\\text{5 cm}`) is unwrapped; a number followed only by words of
-  three or more letters (`18 dollars`) becomes the number (math-verify would read the words as a product of
-  symbols; shorter words are left to math-verify's own unit handling: `5 cm`).
+  `\\text{...}` that starts with a number (`\\text{5 cm}`) is unwrapped; a number followed by multiplier words
+  (`5 million`, `5\\text{ thousand}`, `3 dozen`; see MULTIPLIERS) becomes the number they make (`5000000`), since
+  math-verify would drop the word as a unit and grade "5 million" equal to 5; a number followed only by other
+  words of three or more letters (`18 dollars`) becomes the number (math-verify would read the words as a product
+  of symbols; shorter words are left to math-verify's own unit handling: `5 cm`), unless one is a fraction word
+  (`5 thirds`, see FRACTION_WORDS), which is left to math-verify too.
   """
   answer = _THIN_SPACE_THOUSANDS.sub("", answer.strip())
   text = _TEXT.fullmatch(answer)
@@ -48,8 +100,11 @@ def _normalise(answer: str) -> str:
     answer = text.group(1).strip()
   if _SPACE_THOUSANDS.fullmatch(answer):
     return answer.replace(" ", "")
+  scaled = _scaled_number(answer)
+  if scaled is not None:
+    return scaled
   words = answer.split()
-  if len(words) >= 2 and _NUMBER.fullmatch(words[0]) and all(w.isalpha() and len(w) >= 3 for w in words[1:]):
+  if len(words) >= 2 and _NUMBER.fullmatch(words[0]) and all(_is_unit_word(w) for w in words[1:]):
     return words[0]
   return answer
 
@@ -195,30 +250,31 @@ class GradingPool:
   and keeps working. Other errors (from `fn`, or workers that cannot start) are raised, not graded False.
 
   Args:
-    workers: number of processes; None -> min(cpu count, 8); 0 -> grade serially in this process, where
-      the only timeout is math-verify's SIGALRM one (main thread only; C-level work may outlast it).
-    timeout_s: time limit for one grading.
+    workers: number of processes (>= 1); None -> min(cpu count, 8). There is no in-process mode: 0 is refused
+      (ValueError), since grading in the calling process has no timeout that can stop it (math-verify's SIGALRM
+      one works on the main thread only, and C-level work such as big-integer arithmetic outlasts it), so one
+      pathological answer could hang an evaluation. `grade` on the main thread is the in-process path.
+    timeout_s: time limit for one grading, enforced by killing the worker.
     fn: picklable module-level `fn(answer, gold, timeout_s) -> bool` run instead of `grade_answer` (a test hook).
   """
 
   def __init__(self, workers: int | None = None, timeout_s: float = 5.0, fn: GradeFn | None = None):
     if workers is None:
       workers = default_workers()
-    if workers < 0:
-      raise ValueError(f"workers must be >= 0, got {workers}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+      raise ValueError(f"GradingPool: workers must be an int >= 1 (or None for min(cpu count, 8)), got {workers!r}; "
+                       "grading in this process (0 workers) has no timeout that can stop a hung grading")
     if timeout_s <= 0:
       raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
     self.workers = workers
     self.timeout_s = timeout_s
     self._fn = fn or grade_answer
-    self._pool = None
     self._closed = False
-    if workers > 0:
-      import pebble
+    import pebble
 
-      self._pool = pebble.ProcessPool(
-        max_workers=workers, initializer=_warm_up if fn is None else None,
-        context=multiprocessing.get_context("spawn"))
+    self._pool = pebble.ProcessPool(
+      max_workers=workers, initializer=_warm_up if fn is None else None,
+      context=multiprocessing.get_context("spawn"))
 
   def grade_many(self, pairs: Sequence[tuple[str, str]], timeout_s: float | None = None) -> list[bool]:
     """Returns one verdict per (completion, gold) pair, in the order of `pairs` (see `grade`).
@@ -234,10 +290,6 @@ class GradingPool:
       answer = extract_answer(completion)
       if answer:
         todo.append((i, answer, str(gold)))
-    if self._pool is None:
-      for i, answer, gold in todo:
-        verdicts[i] = _grade_chunk(self._fn, [(answer, gold)], timeout_s)[0]
-      return verdicts
     chunks = [todo[k:k + _CHUNK_SIZE] for k in range(0, len(todo), _CHUNK_SIZE)]
     retry = []
     for chunk, results in zip(chunks, self._run(chunks, timeout_s)):
@@ -295,7 +347,7 @@ class GradingPool:
 def grade_many(pairs: Sequence[tuple[str, str]], timeout_s: float = 5.0, workers: int | None = None) -> list[bool]:
   """Returns one verdict per (completion, gold) pair, in order, graded by a temporary `GradingPool`.
 
-  `workers`: None -> min(cpu count, 8) processes; 0 -> serially in this process (see `GradingPool`).
+  `workers`: number of processes, >= 1; None -> min(cpu count, 8) (0 is refused: see `GradingPool`).
   """
   with GradingPool(workers=workers, timeout_s=timeout_s) as pool:
     return pool.grade_many(pairs)

@@ -23,7 +23,7 @@ from rankjax.data.formatting import Formatter, SkipExample
 from rankjax.data.hf_tokenizer import MATH_COT_SYSTEM, HFTokenizer
 from rankjax.eval import benchmarks as benchmarks_lib
 from rankjax.eval import report, samples_file, settings as settings_lib
-from rankjax.eval.answers import extract_answer
+from rankjax.data.answers import extract_answer
 from rankjax.eval.grading import GradingPool
 from rankjax.sampling.config import SamplingConfig
 from rankjax.sampling.engine import Request, Sample, engine_for

@@ -38,7 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.plain_template = ""  # "plain": "" = the template the checkpoint was trained with ("Question: {prompt}\nAnswer: ")
   c.grading = ml_collections.ConfigDict({
       "timeout_s": 5.0,  # per answer; a pathological expression is graded wrong after it
-      "workers": 0})  # grading processes; 0 = min(CPU count, 8)
+      # grading processes; 0 = min(CPU count, 8). Never in-process: a worker is killed when a grading passes its timeout
+      "workers": 0})
   c.data = ml_collections.ConfigDict({
       "gsm8k_dir": "",  # holds test.jsonl (configs/eval_math.py: ../shared/data/gsm8k)
       "math_eval_dir": "",  # holds <set>/test.jsonl, math500 included (configs/eval_math.py: ../shared/data/math_eval)
