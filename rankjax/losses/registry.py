@@ -2,8 +2,9 @@
 
 Every loss (dense `weighted_loss`, fused `linear_weighted_loss`, `head_loss`, the token weights of
 evaluation and diagnostics) and the config (`default_config`, `validate_config`, `stats_options`) read
-a scheme only through its `Scheme` entry here; none of them names a scheme. The built-in entries
-(sft, dft, talr, eaft, ranktuner) are in `rankjax.losses.schemes`.
+a scheme only through its `Scheme` entry here; none of them dispatches on a scheme's name (the aux's
+diagnostics report RankTuner's weight and scale for every run, `rankjax.losses.reduction`). The built-in
+entries (sft, dft, talr, eaft, ranktuner) are in `rankjax.losses.schemes`.
 
 How to add a scheme (one file, `rankjax/losses/schemes.py`, plus its tests):
 
