@@ -6,7 +6,7 @@ Families (the score ranked for each is `family_table(...)[name]`):
   ranktuner_scale_exact / _bound: RankTuner's relative scale S_t alone (exact: E[R_t] as the loss config
     computes it; bound: spec section 3, with the config's floor);
   sft, dft, talr, eaft, ranktuner_{exact,bound}_{prob,uniform}: each loss scheme's final weight w_t
-    (`rankjax.losses.weights.scheme_weight`), TALR's temperature and normaliser taken over the whole pool of
+    (`rankjax.losses.registry.scheme_weight`), TALR's temperature and normaliser taken over the whole pool of
     supervised tokens as its global batch. With the uniform base the RankTuner weight is S_t itself, so
     ranktuner_*_uniform rank exactly as ranktuner_scale_* (a consistency check).
 """
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rankjax.losses import weights
+from rankjax.losses import registry, weights
 from rankjax.losses.stats import TokenStats
 
 SCHEMES = (("sft", "sft", None, None), ("dft", "dft", None, None), ("talr", "talr", None, None),
@@ -78,7 +78,7 @@ def family_scores(tokens: dict, loss_config, vocab_size: int) -> tuple[dict[str,
           stats.log_prob, stats.entropy_bits, stats.rank, stats.log_prob_max, float(loss_config.bound_floor))),
   }
   for family, name, form, base in SCHEMES:
-    scores[family] = weights.scheme_weight(stats, scheme_config(loss_config, name, form, base), talr, topk, vocab_size)
+    scores[family] = registry.scheme_weight(stats, scheme_config(loss_config, name, form, base), talr, topk, vocab_size)
   scores = {k: np.asarray(v, np.float32) for k, v in scores.items()}
   for k, v in scores.items():
     if not np.all(np.isfinite(v)):

@@ -1,21 +1,24 @@
-"""Configuration of the token-weighting losses, and its validation."""
+"""Configuration of the token-weighting losses, and its validation.
+
+The config holds the fields every scheme shares (below) plus those of each registered scheme
+(`rankjax.losses.schemes`: `eaft_top_k`, `talr_min_tau`, RankTuner's `form`, `base`, `bound_floor`, ...).
+"""
 
 from __future__ import annotations
 
 import ml_collections
 
-SCHEMES = ("sft", "dft", "talr", "eaft", "ranktuner")
-FORMS = ("exact", "bound")
-BASES = ("prob", "uniform")
+# `schemes` registers the built-in entries of the table that `registry` holds.
+from rankjax.losses import registry, schemes  # noqa: F401
+from rankjax.losses.registry import SCHEMES  # noqa: F401 (re-exported: the names of the table)
+
 EXPECTED_RANK_METHODS = ("sort", "histogram")
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Returns the loss config: RankTuner, exact form, probability base (the paper's math recipe)."""
+def _common_config() -> ml_collections.ConfigDict:
+  """The fields of every loss config, whatever the scheme."""
   config = ml_collections.ConfigDict()
   config.name = "ranktuner"  # one of SCHEMES
-  config.form = "exact"  # RankTuner: "exact" uses E[R_t]; "bound" the sort-free surrogate
-  config.base = "prob"  # RankTuner base weight b_t: "prob" (p_t) or "uniform" (1)
   # How E[R_t] is computed: "histogram" (O(V), relative error < bin_width / 2, certified
   # interval) or "sort" (exact, O(V log V)).
   config.expected_rank = "histogram"
@@ -23,13 +26,6 @@ def default_config() -> ml_collections.ConfigDict:
   # Nats below the max logit covered by bins of histogram_bin_width (at most 2 ln V + 16, below which no token
   # can matter); lower tokens share the tail bin.
   config.histogram_range = 40.0
-  config.eaft_top_k = 20
-  config.eaft_alpha = 1.0
-  config.talr_min_tau = 1e-3  # floor on TALR's temperature (nats)
-  config.talr_normalize = True  # TALR weights rescaled to mean 1 over supervised tokens
-  # Bound form: S_t = max(p_t s_t, bound_floor)^(-K_t), so S_t <= 1 / bound_floor (spec section 3; the
-  # reference implementation's 1e-6).
-  config.bound_floor = 1e-6
   # Compute every statistic (incl. E[R_t] and the RankTuner weight) for the aux dashboard even when
   # the scheme does not need it. Training does so only on the steps whose metrics it logs (the
   # `diagnose` flag of the losses); other steps compute what the weights need (`stats_options`).
@@ -55,10 +51,16 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _check_choice(config, field, allowed):
-  value = config[field]
-  if value not in allowed:
-    raise ValueError(f"loss config: {field}={value!r} is not one of {allowed}")
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the loss config: RankTuner, exact form, probability base (the paper's math recipe), with the
+  fields of every registered scheme at their defaults."""
+  config = _common_config()
+  for scheme in registry.all_schemes():
+    for field, value in scheme.fields.items():
+      if field in config:
+        raise ValueError(f"loss scheme {scheme.name!r}: config field {field!r} is already a loss config field")
+      config[field] = value
+  return config
 
 
 def validate_config(config) -> None:
@@ -66,17 +68,10 @@ def validate_config(config) -> None:
   missing = [k for k in default_config().keys() if k not in config]
   if missing:
     raise ValueError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
-  _check_choice(config, "name", SCHEMES)
-  _check_choice(config, "form", FORMS)
-  _check_choice(config, "base", BASES)
-  _check_choice(config, "expected_rank", EXPECTED_RANK_METHODS)
-  if int(config.eaft_top_k) < 2:
-    raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
-  if not float(config.eaft_alpha) > 0:
-    raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
-  if not 1e-30 <= float(config.bound_floor) < 1.0:
-    raise ValueError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
-                     "must stay finite in float32)")
+  registry.get(config.name)
+  registry.check_choice(config, "expected_rank", EXPECTED_RANK_METHODS)
+  for scheme in registry.all_schemes():
+    scheme.validate(config)
   if not 0 < float(config.histogram_bin_width) <= 1.0:
     raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
   if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):
@@ -89,27 +84,27 @@ def validate_config(config) -> None:
     raise ValueError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
   if int(config.dump_sequences) < 1:
     raise ValueError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
-  if not float(config.talr_min_tau) > 0:
-    raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 
 
 def stats_options(config, diagnostics: bool | None = None) -> dict:
-  """Keyword arguments of `token_stats` under `config`: only the statistics the weights need, or all of them
-  with diagnostics (`diagnostics` overrides `config.diagnostics`).
-
-  The weights need: sft, dft, talr, eaft nothing beyond log p_t (EAFT's top-K entropy is separate);
-  RankTuner exact R_t and E[R_t]; RankTuner bound H_t, R_t and log p_max (always computed: it is free).
-  """
+  """Keyword arguments of `token_stats` under `config`: only the statistics the weights need (the scheme's
+  `needs`, e.g. RankTuner exact R_t and E[R_t], bound H_t and R_t; log p_t and log p_max always), or all of
+  them with diagnostics (`diagnostics` overrides `config.diagnostics`). The top-K entropy is `topk_k`'s."""
   diagnose = bool(config.diagnostics) if diagnostics is None else bool(diagnostics)
-  ranktuner = config.name == "ranktuner"
-  return {"with_expected_rank": diagnose or (ranktuner and config.form == "exact"),
-          "with_entropy": diagnose or (ranktuner and config.form == "bound"),
-          "with_rank": diagnose or ranktuner,
+  needs = registry.get(config.name).stat_needs(config)
+  return {"with_expected_rank": diagnose or needs.expected_rank,
+          "with_entropy": diagnose or needs.entropy,
+          "with_rank": diagnose or needs.rank,
           "expected_rank": config.expected_rank,
           "bin_width": float(config.histogram_bin_width), "range_nats": float(config.histogram_range)}
+
+
+def topk_k(config) -> int:
+  """K of the top-K entropy the weights of `config.name` read (EAFT's `eaft_top_k`); 0 when none."""
+  return int(registry.get(config.name).stat_needs(config).topk_entropy)
 
 
 def needs_batch_log_probs(config) -> bool:
   """Whether the weights depend on the whole batch's log p_t (TALR's median and normaliser), which
   gradient accumulation computes in a forward-only pre-pass over all micro-steps."""
-  return config.name == "talr"
+  return registry.get(config.name).batch_constants is not None

@@ -12,7 +12,8 @@ instead of O(tokens * V). With a mask, supervised tokens are moved first and chu
 any are skipped (no LM-head FLOPs for prompts); rows off the mask are zeroed by a select first,
 so NaN or inf hidden states there never reach the gradient. With `vocab_axis_name` the kernel is a
 vocabulary shard and the statistics combine across shards (`rankjax.losses.vocab_parallel`).
-Inputs (mask values, target ids) follow `rankjax.losses.weighted_loss`'s module docstring.
+Inputs (mask values, target ids) follow `rankjax.losses.inputs`. The weights and the reduction are those of the
+dense loss (`rankjax.losses.reduction`, shared).
 """
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rankjax.losses.config import stats_options as config_stats_options
+from rankjax.losses.config import stats_options as config_stats_options, topk_k
+from rankjax.losses.inputs import check_vocab_size, checked_inputs, checked_targets
+from rankjax.losses.reduction import BatchContext, masked_weights, reduce_loss
 from rankjax.losses.stats import TokenStats, padded_stats, token_stats
-from rankjax.losses.weighted_loss import (BatchContext, check_vocab_size, checked_targets, masked_weights,
-                                          reduce_loss)
 from rankjax.losses.vocab_parallel import sharded_token_stats, sharded_topk_entropy_nats
 from rankjax.losses.weights import topk_entropy_nats
 
@@ -267,8 +268,8 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, mask: jax.Array, config,
                          axis_name=None, context: BatchContext | None = None,
-                         vocab_axis_name=None, diagnose=None) -> tuple[jax.Array, dict]:
-  """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context, diagnose)` with the LM head
+                         vocab_axis_name=None, diagnose=None, inputs: dict | None = None) -> tuple[jax.Array, dict]:
+  """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context, diagnose, inputs)` with the LM head
   fused: same loss, aux and gradients (w.r.t. hidden and kernel), O(config.token_chunk * V)
   temporary memory. See `rankjax.losses.weighted_loss` for the arguments and the result.
 
@@ -284,11 +285,12 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
     vocab_size *= jax.lax.axis_size(vocab_axis_name)
   targets, mask = checked_targets(targets, mask, vocab_size, config)
   check_vocab_size(config, vocab_size, f"kernel {kernel.shape}")
-  stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk,
-                                   config.eaft_top_k if config.name == "eaft" else 0, mask=mask,
+  inputs = checked_inputs(inputs, mask, config)
+  stats, topk = linear_token_stats(hidden, kernel, targets, config.token_chunk, topk_k(config), mask=mask,
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
                                    compact=config.compact_tokens, diagnose=diagnose,
                                    lean_options=config_stats_options(config, diagnostics=False),
                                    **config_stats_options(config))
-  w, context = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context)
-  return reduce_loss(stats, w, mask, config, axis_name, context, targets=targets, diagnose=diagnose)
+  weighted = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context, inputs)
+  return reduce_loss(stats, weighted.weights, mask, config, axis_name, weighted.context, targets=targets,
+                     diagnose=diagnose, token_loss=weighted.token_loss)

@@ -19,7 +19,8 @@ from rankjax.losses import global_reduce
 from rankjax.losses.config import needs_batch_log_probs, validate_config
 from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
 from rankjax.losses.stats import token_stats
-from rankjax.losses.weighted_loss import BatchContext, batch_context, weighted_loss
+from rankjax.losses.reduction import BatchContext, batch_context
+from rankjax.losses.weighted_loss import weighted_loss
 
 
 def wants_hidden(config) -> bool:
@@ -37,20 +38,21 @@ def _hidden_and_kernel(head):
 
 
 def head_loss(head, targets, mask, config, context: BatchContext | None = None,
-              axis_name=None, diagnose=None) -> tuple[jax.Array, dict]:
+              axis_name=None, diagnose=None, inputs: dict | None = None) -> tuple[jax.Array, dict]:
   """(loss, aux) of a head output: the weighted cross-entropy in nats per supervised token of
   the global batch, and the aux scalars of `rankjax.losses.weighted_loss`.
 
   `head` is logits [..., T, V] (dense `weighted_loss`) or (hidden [..., T, d], kernel [d, V])
-  (fused `linear_weighted_loss`: same loss, aux and gradients); `targets`, `mask`, `context`
-  `axis_name` and `diagnose` are those of `weighted_loss`.
+  (fused `linear_weighted_loss`: same loss, aux and gradients); `targets`, `mask`, `context`,
+  `axis_name`, `diagnose` and `inputs` (a scheme's extra per-token inputs) are those of `weighted_loss`.
   """
   pair = _hidden_and_kernel(head)
   if pair is None:
-    return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context, diagnose=diagnose)
+    return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context, diagnose=diagnose,
+                         inputs=inputs)
   hidden, kernel = pair
   return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context,
-                              diagnose=diagnose)
+                              diagnose=diagnose, inputs=inputs)
 
 
 LOG_PROB_ONLY = {"with_expected_rank": False, "with_entropy": False, "with_rank": False}
@@ -76,10 +78,10 @@ def whole_batch_context(head_fn: Callable[[dict], object], batch: dict, config,
   `batch` holds arrays [A, b, T] with keys "targets" and "loss_mask" (plus whatever `head_fn`
   reads); `head_fn(micro)` maps one micro-step's [b, T] arrays to its head output (see
   `head_loss`). Returns the context holding the whole batch's supervised-token count (float32)
-  and, for a scheme whose weights need the whole batch's log p_t (TALR's median), those from a
-  forward-only pass over all A micro-steps (`lax.map`, one micro-step's activations at a time).
-  Returns None for TALR with A == 1: the loss then builds the same context in its own forward
-  pass, without a second one.
+  and, for a scheme whose weights need the whole batch's log p_t (`Scheme.batch_constants`, TALR's
+  median), its constants from a forward-only pass over all A micro-steps (`lax.map`, one micro-step's
+  activations at a time). Returns None for such a scheme with A == 1: the loss then builds the same
+  context in its own forward pass, without a second one.
   """
   validate_config(config)
   mask = batch["loss_mask"]

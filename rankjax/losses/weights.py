@@ -1,7 +1,8 @@
 """Token weights w_t of each scheme: pure, elementwise or global-batch functions of the statistics.
 
 Every function here returns stop-gradient float32 weights of the statistics' shape; the
-caller masks them. Formulas follow ../shared/spec/ranktuner.md sections 3-5.
+caller masks them. Formulas follow ../shared/spec/ranktuner.md sections 3-5. Which scheme uses which is the
+table of `rankjax.losses.registry` (entries in `rankjax.losses.schemes`).
 """
 
 from __future__ import annotations
@@ -119,25 +120,3 @@ def talr_weight(log_prob: jax.Array, context: TalrContext) -> jax.Array:
   log_prob = jax.lax.stop_gradient(log_prob).astype(jnp.float32)
   return jax.lax.stop_gradient(jnp.exp(log_prob / context.tau - context.log_mean_weight))
 
-
-def scheme_weight(stats: TokenStats, config, talr: TalrContext | None, topk_entropy: jax.Array | None,
-                  vocab_size: int) -> jax.Array:
-  """Unmasked weight of `config.name` at every position; stop-gradient float32 [..., T].
-
-  `topk_entropy` (nats, over the min(eaft_top_k, V) largest logits) is needed by EAFT only.
-  """
-  name = config.name
-  log_prob = jax.lax.stop_gradient(stats.log_prob)
-  if name == "sft":
-    w = jnp.ones_like(log_prob)
-  elif name == "dft":
-    w = jnp.exp(log_prob)
-  elif name == "talr":
-    w = talr_weight(log_prob, talr)
-  elif name == "eaft":
-    w = eaft_weight(topk_entropy, min(int(config.eaft_top_k), vocab_size), config.eaft_alpha)
-  elif name == "ranktuner":
-    w = ranktuner_weight(stats, config.form, config.base, config.bound_floor)
-  else:
-    raise ValueError(f"unknown loss scheme {name!r}")
-  return jax.lax.stop_gradient(w)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from rankjax.losses.weighted_loss import DUMP_PREFIX
+from rankjax.losses.reduction import DUMP_PREFIX
 
 DUMP_DIR = "token_dumps"
 # Fields of a record beyond step/sequence/position/token: units are probabilities, bits and ranks (1 = top).

@@ -1,0 +1,93 @@
+"""The built-in loss schemes (spec sections 3-5), one `registry.Scheme` entry each, registered on import.
+
+A new scheme is one more entry in `BUILTIN` (see `rankjax.losses.registry` for the recipe). The formulas live in
+`rankjax.losses.weights`; an entry says which statistics, config fields, checks and batch constants they need.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from rankjax.losses import weights
+from rankjax.losses.registry import Scheme, StatNeeds, WeightArgs, check_choice, register
+
+RANKTUNER_FORMS = ("exact", "bound")
+RANKTUNER_BASES = ("prob", "uniform")
+
+
+def _sft_weight(args: WeightArgs):
+  return jnp.ones_like(args.stats.log_prob)
+
+
+def _dft_weight(args: WeightArgs):
+  return jnp.exp(args.stats.log_prob)
+
+
+def _talr_weight(args: WeightArgs):
+  return weights.talr_weight(args.stats.log_prob, args.batch)
+
+
+def _talr_constants(log_prob, mask, config, axis_name):
+  return weights.talr_context(log_prob, mask, config.talr_min_tau, config.talr_normalize, axis_name)
+
+
+def _talr_validate(config):
+  if not float(config.talr_min_tau) > 0:
+    raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
+
+
+def _eaft_weight(args: WeightArgs):
+  config = args.config
+  return weights.eaft_weight(args.topk_entropy, min(int(config.eaft_top_k), args.vocab_size), config.eaft_alpha)
+
+
+def _eaft_validate(config):
+  if int(config.eaft_top_k) < 2:
+    raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
+  if not float(config.eaft_alpha) > 0:
+    raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
+
+
+def _ranktuner_weight(args: WeightArgs):
+  config = args.config
+  return weights.ranktuner_weight(args.stats, config.form, config.base, config.bound_floor)
+
+
+def _ranktuner_needs(config) -> StatNeeds:
+  """exact: R_t and E[R_t]; bound: H_t and R_t (log p_max is always there)."""
+  if config.form == "exact":
+    return StatNeeds(rank=True, expected_rank=True)
+  return StatNeeds(entropy=True, rank=True)
+
+
+def _ranktuner_validate(config):
+  check_choice(config, "form", RANKTUNER_FORMS)
+  check_choice(config, "base", RANKTUNER_BASES)
+  if not 1e-30 <= float(config.bound_floor) < 1.0:
+    raise ValueError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
+                     "must stay finite in float32)")
+
+
+BUILTIN = (
+    Scheme(name="sft", weight=_sft_weight),
+    Scheme(name="dft", weight=_dft_weight),
+    Scheme(name="talr", weight=_talr_weight, validate=_talr_validate, batch_constants=_talr_constants,
+           batch_aux={"talr_tau": lambda constants: constants.tau},
+           fields={"talr_min_tau": 1e-3,  # floor on TALR's temperature (nats)
+                   "talr_normalize": True}),  # TALR weights rescaled to mean 1 over supervised tokens
+    Scheme(name="eaft", weight=_eaft_weight, validate=_eaft_validate,
+           needs=lambda config: StatNeeds(topk_entropy=int(config.eaft_top_k)),
+           fields={"eaft_top_k": 20, "eaft_alpha": 1.0},
+           min_vocab=2, min_vocab_reason="its entropy is divided by ln min(eaft_top_k, V)"),
+    # The diagnostics report RankTuner's weight and relative scale whatever the scheme, so its fields are read
+    # by every run (`rankjax.losses.reduction`).
+    Scheme(name="ranktuner", weight=_ranktuner_weight, validate=_ranktuner_validate, needs=_ranktuner_needs,
+           fields={"form": "exact",  # "exact" uses E[R_t]; "bound" the sort-free surrogate
+                   "base": "prob",  # base weight b_t: "prob" (p_t) or "uniform" (1)
+                   # Bound form: S_t = max(p_t s_t, bound_floor)^(-K_t), so S_t <= 1 / bound_floor (spec section
+                   # 3; the reference implementation's 1e-6).
+                   "bound_floor": 1e-6}),
+)
+
+for _scheme in BUILTIN:
+  register(_scheme, builtin=True)
