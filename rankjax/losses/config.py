@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from rankjax.errors import ConfigError
+
 SCHEMES = ("sft", "dft", "talr", "eaft", "ranktuner")
 FORMS = ("exact", "bound")
 BASES = ("prob", "uniform")
@@ -58,39 +60,39 @@ def default_config() -> ml_collections.ConfigDict:
 def _check_choice(config, field, allowed):
   value = config[field]
   if value not in allowed:
-    raise ValueError(f"loss config: {field}={value!r} is not one of {allowed}")
+    raise ConfigError(f"loss config: {field}={value!r} is not one of {allowed}")
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field if `config` is not a valid loss config."""
+  """Raises ConfigError naming the field if `config` is not a valid loss config."""
   missing = [k for k in default_config().keys() if k not in config]
   if missing:
-    raise ValueError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
+    raise ConfigError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
   _check_choice(config, "name", SCHEMES)
   _check_choice(config, "form", FORMS)
   _check_choice(config, "base", BASES)
   _check_choice(config, "expected_rank", EXPECTED_RANK_METHODS)
   if int(config.eaft_top_k) < 2:
-    raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
+    raise ConfigError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
   if not float(config.eaft_alpha) > 0:
-    raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
+    raise ConfigError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
   if not 1e-30 <= float(config.bound_floor) < 1.0:
-    raise ValueError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
-                     "must stay finite in float32)")
+    raise ConfigError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
+                      "must stay finite in float32)")
   if not 0 < float(config.histogram_bin_width) <= 1.0:
-    raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
+    raise ConfigError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
   if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):
-    raise ValueError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
+    raise ConfigError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
   if int(config.vocab_chunk) < 0:
-    raise ValueError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
+    raise ConfigError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
   if int(config.token_chunk) < 1:
-    raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
+    raise ConfigError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
   if int(config.dump_tokens) < 0:
-    raise ValueError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
+    raise ConfigError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
   if int(config.dump_sequences) < 1:
-    raise ValueError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
+    raise ConfigError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
   if not float(config.talr_min_tau) > 0:
-    raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
+    raise ConfigError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 
 
 def stats_options(config, diagnostics: bool | None = None) -> dict:
