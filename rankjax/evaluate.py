@@ -30,6 +30,7 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for samples.jsonl, results.json, results.md.",
                                           flag_values=flag_values)
   _FLAGS["distributed"] = cli.define_distributed_flags(flag_values)
+  flags.adopt_module_key_flags(cli.distributed, flag_values=flag_values)  # listed by --help
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 

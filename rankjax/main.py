@@ -9,6 +9,7 @@ config value (one line on stderr); 1 on an error.
 """
 
 import os
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -28,14 +29,16 @@ def define_flags(flag_values: flags.FlagValues) -> None:
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for config.json, metrics, checkpoints, "
                                           "results.", flag_values=flag_values)
   _FLAGS["distributed"] = cli.define_distributed_flags(flag_values)
+  flags.adopt_module_key_flags(cli.distributed, flag_values=flag_values)  # listed by --help
   flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
-def check_training_config(config) -> None:
-  """Raises ConfigError for the demo's config (it has a `demo` field): the demo is `python -m rankjax.demo`."""
+def check_training_config(config, flag_args: list[str]) -> None:
+  """Raises ConfigError for the demo's config (it has a `demo` field), naming the demo's command with the same
+  flags `flag_args`: the demo is `python -m rankjax.demo`, this command runs one training run."""
   if "demo" in config:
-    raise ConfigError("this config is the demo's (it has config.demo): run it with python -m rankjax.demo "
-                      "--config=CONFIG --workdir=DIR (python -m rankjax.main runs one training run)")
+    raise ConfigError("this is the demo's config (it has config.demo), and rankjax.main runs one training run: "
+                      f"run the demo with python -m rankjax.demo {shlex.join(flag_args)}")
 
 
 def main(argv):
@@ -43,7 +46,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
   config = _FLAGS["config"].value
-  check_training_config(config)
+  check_training_config(config, sys.argv[1:])
   distributed = cli.init_distributed_from_flags(_FLAGS["distributed"])
   from rankjax.train import preemption
   from rankjax.train.loop import train
