@@ -162,3 +162,26 @@ def test_init_distributed_bad_environment_is_a_config_error(initialize_calls, mo
   with pytest.raises(ConfigError, match="--heartbeat_timeout_s=0"):
     cli.init_distributed(num_processes=2, heartbeat_timeout_s=0)
   assert not initialize_calls
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["local", "--tpu_name=pod"], "--tpu_name does not apply to the local launcher"),
+    (["tpu"], "the tpu launcher needs --tpu_name, --zone"),
+    (["local", "--parallel=0"], "flag --parallel=0: 0 is not a positive integer"),
+    (["local", "--paralel=2"], "Unknown command line flag 'paralel'"),
+    ([], "give one launcher, local / slurm / tpu"),
+    (["tpu", "--tpu_name=pod", "--zone=z", "--queued_resource"], "--queued_resource needs --accelerator_type"),
+])
+def test_launch_flag_errors_are_one_line(tmp_path, capsys, argv, needle):
+  from rankjax import launch  # noqa: PLC0415
+  line = _one_line_exit(capsys, lambda: launch.main([*argv, "--config=configs/synthetic_sft.py",
+                                                     f"--workdir={tmp_path}"]))
+  assert needle in line
+
+
+def test_launch_takes_the_hyphenated_spellings_and_space_separated_values(tmp_path, capsys):
+  from rankjax import launch  # noqa: PLC0415
+  args, overrides = launch.parse_args(["slurm", "--config", "configs/synthetic_sft.py", f"--workdir={tmp_path}",
+                                       "--dry-run", "--gpus-per-node=4", "--job-name=j", "--config.seed=3"])
+  assert (args.launcher, args.dry_run, args.gpus_per_node, args.job_name) == ("slurm", True, 4, "j")
+  assert args.config == "configs/synthetic_sft.py" and overrides == ["--config.seed=3"]
