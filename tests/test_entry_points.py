@@ -185,3 +185,13 @@ def test_launch_takes_the_hyphenated_spellings_and_space_separated_values(tmp_pa
                                        "--dry-run", "--gpus-per-node=4", "--job-name=j", "--config.seed=3"])
   assert (args.launcher, args.dry_run, args.gpus_per_node, args.job_name) == ("slurm", True, 4, "j")
   assert args.config == "configs/synthetic_sft.py" and overrides == ["--config.seed=3"]
+
+
+@pytest.mark.parametrize("argv,needle", [
+    ([], "give the folders to search for runs"),
+    (["{tmp}", "--outt={tmp}"], "Unknown command line flag 'outt'"),
+])
+def test_report_flag_errors_are_one_line(tmp_path, capsys, argv, needle):
+  from rankjax import report  # noqa: PLC0415
+  line = _one_line_exit(capsys, lambda: report.main([a.format(tmp=tmp_path) for a in argv]))
+  assert needle in line
