@@ -75,6 +75,14 @@ def test_preview_bad_flag_value_and_missing_config_are_one_line(tmp_path, capsys
   assert "--config" in line
 
 
+def test_an_argument_that_is_not_a_flag_is_one_line(tmp_path, capsys):
+  values = flags.FlagValues()
+  importlib.import_module("rankjax.evaluate").define_flags(values)
+  sys.argv[:] = ["evaluate", "--config=configs/eval_math.py", f"--workdir={tmp_path}", "extra"]
+  line = _one_line_exit(capsys, lambda: cli.command.parse_flags_only(sys.argv, flag_values=values))
+  assert "unexpected arguments ['extra']" in line
+
+
 def test_missing_config_file_is_one_line(tmp_path, capsys):
   line = _one_line_exit(capsys, lambda: _command("rankjax.diagnostics.noise", tmp_path,
                                                  f"--config={tmp_path / 'nofile.py'}"))

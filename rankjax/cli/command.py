@@ -21,10 +21,19 @@ def exit_on_config_error(main: Callable[[list[str]], object]) -> Callable[[list[
   return guarded
 
 
+def parse_flags_only(argv: list[str], config_flag: str | None = "config", flag_values=None) -> list[str]:
+  """`parsing.parse_flags` for a command that takes flags only: an argument that is not a flag is one line on
+  stderr and exit status 2."""
+  rest = parsing.parse_flags(argv, config_flag, flag_values)
+  if len(rest) > 1:
+    parsing.exit_with_usage_error(f"unexpected arguments {rest[1:]} (flags are written --flag=value)")
+  return rest
+
+
 def run(main: Callable[[list[str]], object], define_flags: Callable[[flags.FlagValues], object],
         config_flag: str | None = "config") -> None:
-  """The `if __name__ == "__main__":` of a command: defines its flags (`define_flags(flags.FLAGS)`), parses
-  sys.argv with `parsing.parse_flags` and calls `main(argv)` with the arguments left; never returns (absl exits
-  with main's return value as status)."""
+  """The `if __name__ == "__main__":` of a command that takes flags only: defines its flags
+  (`define_flags(flags.FLAGS)`), parses sys.argv with `parse_flags_only` and calls `main(argv)`; never returns
+  (absl exits with main's return value as status)."""
   define_flags(flags.FLAGS)
-  app.run(exit_on_config_error(main), flags_parser=lambda argv: parsing.parse_flags(argv, config_flag))
+  app.run(exit_on_config_error(main), flags_parser=lambda argv: parse_flags_only(argv, config_flag))
