@@ -25,7 +25,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(PY) -m rankjax.main --config=configs/demo.py --workdir=$(WORKDIR)
+	$(PY) -m rankjax.demo --config=configs/demo.py --workdir=$(WORKDIR)
 
 # Two parts, both always run: the tests in parallel on 2 workers, without those marked `multiprocess`
 # (they start JAX processes: rankjax.main, jax.distributed workers, pip), then those, also on 2 workers,

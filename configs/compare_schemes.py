@@ -14,7 +14,6 @@ from rankjax.train.config import load_config_file
 
 def get_config():
   config = load_config_file("configs/demo.py")
-  config.job = "train"
   config.progress = False
   config.loss.diagnostics = False  # the schemes' own statistics only (bound forms need no E[R])
   config.total_steps = 60  # each fine-tuning run

@@ -13,7 +13,6 @@ from rankjax.train.config import base_config
 
 def get_config():
   config = base_config()
-  config.job = "demo"
   config.model.vocab_size = 512
   config.model.hidden_size = 128
   config.model.num_layers = 4

@@ -54,7 +54,7 @@ def conditions(config) -> dict[str, float]:
 
 def run_one(config, base_dir: str, tokenizer_path: str, method: str, seed: int, rate: float, run_dir: str) -> dict:
   """Fine-tunes `method` from the base with `seed` (and noise `rate`) in run_dir, evaluates it; returns its row."""
-  overrides = {**method_overrides(method), "job": "train", "init_from": base_dir, "data.tokenizer_path": tokenizer_path,
+  overrides = {**method_overrides(method), "init_from": base_dir, "data.tokenizer_path": tokenizer_path,
                "data.shuffle_seed": seed, "data.response_noise.rate": rate, "data.response_noise.seed": seed,
                "seed": seed}
   run = run_config.with_overrides(config, overrides)
@@ -149,7 +149,7 @@ def run(config, workdir: str) -> dict:
   base_dir = os.path.join(workdir, "base")
   print(f"[compare] base model: {config.compare.pretrain_steps} pretraining steps in {base_dir}", flush=True)
   train(run_config.with_overrides(config, {
-      "job": "train", "data.split": "pretrain", "data.loss_on": "all", "data.tokenizer_path": workdir,
+      "data.split": "pretrain", "data.loss_on": "all", "data.tokenizer_path": workdir,
       "loss.name": "sft", "loss.diagnostics": False, "total_steps": int(config.compare.pretrain_steps),
       "checkpoint_every": int(config.compare.pretrain_steps),
       "optimizer.learning_rate": float(config.compare.pretrain_learning_rate)}), base_dir)

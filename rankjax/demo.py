@@ -1,4 +1,4 @@
-"""The end-to-end demo behind `make demo` (config.job = "demo", configs/demo.py).
+"""The end-to-end demo behind `make demo`: python -m rankjax.demo --config=configs/demo.py --workdir=DIR.
 
 1. synthetic arithmetic word problems; 2. a byte-level BPE tokenizer trained on them;
 3. a tiny base model pretrained with plain cross-entropy on the pretraining formats;
@@ -8,21 +8,26 @@
 7. WORKDIR/results.{md,json} and loss_curves.png; WORKDIR/report.{md,csv,json}, curves.png and metrics.png: the
    report over the fine-tuning runs (`python -m rankjax.report WORKDIR/runs --out=WORKDIR`), which reads each
    run's metrics.jsonl and the greedy accuracy written to WORKDIR/runs/<method>/eval/row.json.
-Every stage resumes when relaunched.
+Every stage resumes when relaunched. Exit status: 0 when done; 75 when SIGTERM or SIGINT stopped a training stage
+after saving a checkpoint (relaunch to resume); 2 for a bad flag or config value (one line on stderr); 1 on an error.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
 
-from rankjax import models
+from rankjax import cli, models
 from rankjax import report as run_report
 from rankjax.data import pipeline, sources, stream
 from rankjax.diagnostics import noise
+from rankjax.errors import ConfigError
 from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
@@ -30,10 +35,12 @@ from rankjax.train.loop import train, write_config
 from rankjax.train.methods import method_overrides, parse_methods
 from rankjax.train.metrics_writer import read_metrics
 
+_FLAGS = {}
+
 
 def stage_config(config, **overrides):
   """A copy of `config` as a single training run, with dotted-key overrides."""
-  return run_config.with_overrides(config, {"job": "train", **overrides})
+  return run_config.with_overrides(config, overrides)
 
 
 def methods_of(config) -> list[str]:
@@ -167,3 +174,38 @@ def write_eval_row(run_dir: str, row: dict) -> None:
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
   os.replace(path + ".tmp", path)
+
+
+def check_demo_config(config) -> None:
+  """Raises ConfigError unless `config` is a demo config (it has the `demo` fields of configs/demo.py)."""
+  if "demo" not in config:
+    raise ConfigError("the config has no config.demo: the demo runs configs/demo.py (python -m rankjax.main runs "
+                      "one training run of other configs)")
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command's flags in `flag_values`; only when run as a command (`cli.run`), so that importing this
+  module defines none."""
+  _FLAGS["config"] = config_flags.DEFINE_config_file(
+      "config", None, "Path to the demo's config file (configs/demo.py).", lock_config=True, flag_values=flag_values)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for every stage, results.*, the report and "
+                                          "the plots.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax is chatty at INFO
+  config = _FLAGS["config"].value
+  check_demo_config(config)
+  from rankjax.train import preemption
+  try:
+    run(config, _FLAGS["workdir"].value)
+  except preemption.Preempted as e:
+    print(f"[rankjax] {e}", flush=True)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
+
+
+if __name__ == "__main__":
+  cli.run(main, define_flags)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,15 +22,16 @@ from rankjax.train.restore import load_checkpoint
 _FLAGS = {}
 
 
-def _define_flags() -> None:
-  """Defines the command's flags; only when run as a command, so that importing this module (tests, notebooks,
-  other tools with their own --config flag) defines none."""
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command's flags in `flag_values`; only when run as a command (`cli.run`), so that importing this
+  module (tests, notebooks, other tools with their own --config flag) defines none."""
   _FLAGS["config"] = config_flags.DEFINE_config_file(
-      "config", None, "Path to an eval config file (configs/eval_math.py).", lock_config=True)
-  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for samples.jsonl, results.json, results.md.")
-  _FLAGS["distributed"] = flags.DEFINE_bool("distributed", False,
-                                            "Multi-host: call jax.distributed.initialize() first.")
-  flags.mark_flags_as_required(["config", "workdir"])
+      "config", None, "Path to an eval config file (configs/eval_math.py).", lock_config=True, flag_values=flag_values)
+  _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for samples.jsonl, results.json, results.md.",
+                                          flag_values=flag_values)
+  _FLAGS["distributed"] = cli.define_distributed_flags(flag_values)
+  flags.adopt_module_key_flags(cli.distributed, flag_values=flag_values)  # listed by --help
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -56,11 +56,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  if _FLAGS["distributed"].value:
-    jax.distributed.initialize()
+  cli.init_distributed_from_flags(_FLAGS["distributed"])
   evaluate(_FLAGS["config"].value, _FLAGS["workdir"].value)
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  cli.run(main, define_flags)

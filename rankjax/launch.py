@@ -7,7 +7,9 @@
       --accelerator_type=v5p-32 --runtime_version=v2-alpha-tpuv5]
 
 Every launcher takes --dry-run (print every command, run nothing), --sweep=FILE (that file's get_sweep() instead
-of the config file's) and --config.a.b=value overrides applied to every run (a run's own sweep value wins).
+of the config file's) and --config.a.b=value overrides applied to every run (a run's own sweep value wins). Flags
+are absl's, parsed by `rankjax.cli.parse_flags`: a bad one, or one the launcher does not read, is one line on
+stderr and exit status 2.
 
 local  runs one after another (output on the terminal), or --parallel=N at a time (each into
        SWEEPDIR/NAME/launch.log). A finished run (metrics.jsonl has its total_steps, or checkpoints/<total_steps>
@@ -33,7 +35,6 @@ them pass argument lists to subprocess (never a shell).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import os
@@ -45,8 +46,11 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
-from rankjax import sweeps
+from absl import flags
+
+from rankjax import cli, sweeps
 
 PREEMPTED = 75  # rankjax.train.preemption.PREEMPTED_EXIT_CODE (not imported: that module loads JAX)
 SYNC_EXCLUDE = (".git", ".venv", "venv", "workdirs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
@@ -402,8 +406,6 @@ def wait_active(describe: list[str], poll_s: float, wait_s: float = 0.0) -> None
 
 
 def launch_tpu(args, runs) -> int:
-  if args.queued_resource and not (args.accelerator_type and args.runtime_version):
-    raise ValueError("--queued_resource needs --accelerator_type and --runtime_version")
   opts = TpuOptions(args.tpu_name, args.zone, args.project, args.repo_dir, args.queued_resource,
                     args.accelerator_type, args.runtime_version, args.spot, args.vm_python)
   config = repo_relative(args.config, args.local_repo)
@@ -454,59 +456,101 @@ def launch_tpu(args, runs) -> int:
 # ----------------------------------------------------------------------------------------------------------- cli
 
 
-def parser() -> argparse.ArgumentParser:
-  common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-  common.add_argument("--config", required=True, help="config file with get_config() and get_sweep()")
-  common.add_argument("--workdir", required=True, help="the sweep's folder: each run in WORKDIR/NAME")
-  common.add_argument("--sweep", default=None, help="a file whose get_sweep() replaces the config file's")
-  common.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                      help="print every command; run, write and submit nothing")
-  p = argparse.ArgumentParser(prog="python -m rankjax.launch", description=__doc__.split("\n\n", 1)[0],
-                              allow_abbrev=False, epilog="Overrides for every run: --config.a.b=value ...")
-  sub = p.add_subparsers(dest="launcher", required=True)
+LAUNCHERS = ("local", "slurm", "tpu")
+COMMON_FLAGS = ("config", "workdir", "sweep", "dry_run")
+LAUNCHER_FLAGS = {  # the flags each launcher reads besides COMMON_FLAGS; giving another one is an error
+    "local": ("parallel", "python"),
+    "slurm": ("nodes", "gpus_per_node", "time", "partition", "account", "job_name", "python", "chdir", "signal_s"),
+    "tpu": ("tpu_name", "zone", "project", "queued_resource", "accelerator_type", "runtime_version", "spot",
+            "repo_dir", "vm_python", "local_repo", "stage_dir", "poll_s", "wait_s"),
+}
+REQUIRED_FLAGS = {"local": ("config", "workdir"), "slurm": ("config", "workdir"),
+                  "tpu": ("config", "workdir", "tpu_name", "zone")}
 
-  local = sub.add_parser("local", parents=[common], allow_abbrev=False, help="on this machine")
-  local.add_argument("--parallel", type=int, default=1, help="runs at a time (1: one after another)")
-  local.add_argument("--python", default=None, help="the runs' Python (default: this one)")
 
-  slurm = sub.add_parser("slurm", parents=[common], allow_abbrev=False, help="an sbatch array job")
-  slurm.add_argument("--nodes", type=int, default=1)
-  slurm.add_argument("--gpus_per_node", "--gpus-per-node", type=int, default=8)
-  slurm.add_argument("--time", default="04:00:00", help="each task's time limit")
-  slurm.add_argument("--partition", default="")
-  slurm.add_argument("--account", default="")
-  slurm.add_argument("--job_name", "--job-name", default="", help="default: the sweep folder's name")
-  slurm.add_argument("--python", default=None, help="the Python on the nodes (default: this one)")
-  slurm.add_argument("--chdir", default="", help="the tasks' working folder (default: the current one)")
-  slurm.add_argument("--signal_s", type=int, default=120, help="SIGTERM this many seconds before the time limit")
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines every launcher's flags in `flag_values` (`LAUNCHER_FLAGS` says which launcher reads which); the
+  hyphenated spellings --dry-run, --gpus-per-node and --job-name are aliases."""
+  f = flag_values
+  flags.DEFINE_string("config", None, "config file with get_config() and get_sweep()", flag_values=f)
+  flags.DEFINE_string("workdir", None, "the sweep's folder: each run in WORKDIR/NAME", flag_values=f)
+  flags.DEFINE_string("sweep", None, "a file whose get_sweep() replaces the config file's", flag_values=f)
+  flags.DEFINE_bool("dry_run", False, "print every command; run, write and submit nothing", flag_values=f)
+  # local
+  flags.DEFINE_integer("parallel", 1, "local: runs at a time (1: one after another)", lower_bound=1, flag_values=f)
+  flags.DEFINE_string("python", None, "local, slurm: the runs' Python (default: this one)", flag_values=f)
+  # slurm
+  flags.DEFINE_integer("nodes", 1, "slurm: nodes per run", lower_bound=1, flag_values=f)
+  flags.DEFINE_integer("gpus_per_node", 8, "slurm: GPUs per node", lower_bound=0, flag_values=f)
+  flags.DEFINE_string("time", "04:00:00", "slurm: each task's time limit", flag_values=f)
+  flags.DEFINE_string("partition", "", "slurm: the partition", flag_values=f)
+  flags.DEFINE_string("account", "", "slurm: the account", flag_values=f)
+  flags.DEFINE_string("job_name", "", "slurm: the job's name (default: the sweep folder's name)", flag_values=f)
+  flags.DEFINE_string("chdir", "", "slurm: the tasks' working folder (default: the current one)", flag_values=f)
+  flags.DEFINE_integer("signal_s", 120, "slurm: SIGTERM this many seconds before the time limit", flag_values=f)
+  # tpu
+  flags.DEFINE_string("tpu_name", None, "tpu: the TPU VM or queued resource", flag_values=f)
+  flags.DEFINE_string("zone", None, "tpu: its zone", flag_values=f)
+  flags.DEFINE_string("project", "", "tpu: the gcloud project", flag_values=f)
+  flags.DEFINE_bool("queued_resource", False, "tpu: first create a queued resource named tpu_name", flag_values=f)
+  flags.DEFINE_string("accelerator_type", "", "tpu: e.g. v5p-32 (with --queued_resource)", flag_values=f)
+  flags.DEFINE_string("runtime_version", "", "tpu: e.g. v2-alpha-tpuv5 (with --queued_resource)", flag_values=f)
+  flags.DEFINE_bool("spot", False, "tpu: a spot queued resource", flag_values=f)
+  flags.DEFINE_string("repo_dir", "~/rankjax", "tpu: the repository on the VMs", flag_values=f)
+  flags.DEFINE_string("vm_python", "python3.11", "tpu: the VMs' Python that creates the venv", flag_values=f)
+  flags.DEFINE_string("local_repo", sweeps.ROOT, "tpu: the repository copied to the VMs", flag_values=f)
+  flags.DEFINE_string("stage_dir", "", "tpu: where the copy to sync is made (default: a temp folder)", flag_values=f)
+  flags.DEFINE_float("poll_s", 30.0, "tpu: seconds between queued-resource state checks", flag_values=f)
+  flags.DEFINE_float("wait_s", 0.0, "tpu: give up waiting for the queued resource after this many seconds (0: wait "
+                     "as long as it takes)", flag_values=f)
+  for alias, name in (("dry-run", "dry_run"), ("gpus-per-node", "gpus_per_node"), ("job-name", "job_name")):
+    flags.DEFINE_alias(alias, name, flag_values=f)
 
-  tpu = sub.add_parser("tpu", parents=[common], allow_abbrev=False, help="a TPU VM or pod slice, via gcloud")
-  tpu.add_argument("--tpu_name", required=True)
-  tpu.add_argument("--zone", required=True)
-  tpu.add_argument("--project", default="")
-  tpu.add_argument("--queued_resource", action="store_true", help="first create a queued resource named tpu_name")
-  tpu.add_argument("--accelerator_type", default="", help="e.g. v5p-32 (with --queued_resource)")
-  tpu.add_argument("--runtime_version", default="", help="e.g. v2-alpha-tpuv5 (with --queued_resource)")
-  tpu.add_argument("--spot", action="store_true", help="a spot queued resource")
-  tpu.add_argument("--repo_dir", default="~/rankjax", help="the repository on the VMs")
-  tpu.add_argument("--vm_python", default="python3.11", help="the VMs' Python that creates the venv")
-  tpu.add_argument("--local_repo", default=sweeps.ROOT, help="the repository copied to the VMs")
-  tpu.add_argument("--stage_dir", default="", help="where the copy to sync is made (default: a temp folder)")
-  tpu.add_argument("--poll_s", type=float, default=30.0, help="seconds between queued-resource state checks")
-  tpu.add_argument("--wait_s", type=float, default=0.0, help="give up waiting for the queued resource after this "
-                   "many seconds (0: wait as long as it takes)")
-  return p
+
+def usage(flag_values: flags.FlagValues) -> str:
+  """The text of --help: this module's docstring and every flag."""
+  return f"{__doc__}\nFlags:\n{flag_values.get_help()}\n"
+
+
+def parse_args(argv: list[str]) -> tuple[types.SimpleNamespace, list[str]]:
+  """(the launcher's name and flag values as attributes, the --config.a.b=value overrides) of `argv` (without the
+  program name), parsed by `cli.parse_flags`; a bad flag, a flag the launcher does not read, a missing one, or
+  anything else is one line on stderr and exit status 2."""
+  overrides = [a for a in argv if a.startswith("--config.")]
+  values = flags.FlagValues()
+  define_flags(values)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    print(usage(values), flush=True)
+    sys.exit(0)
+  rest = cli.parse_flags(["python -m rankjax.launch", *(a for a in argv if not a.startswith("--config."))],
+                         config_flag=None, flag_values=values)[1:]
+  if len(rest) != 1 or rest[0] not in LAUNCHERS:
+    cli.exit_with_usage_error(f"give one launcher, {' / '.join(LAUNCHERS)}, then its flags (got {rest}); overrides "
+                              "for every run are written --config.a.b=value")
+  launcher = rest[0]
+  given = {name for name in values if "-" not in name and values[name].present}  # an alias counts as its flag
+  readable = {*COMMON_FLAGS, *LAUNCHER_FLAGS[launcher]}
+  foreign = [f"--{name}" for name in sorted(given - readable)]
+  if foreign:
+    cli.exit_with_usage_error(f"{', '.join(foreign)} does not apply to the {launcher} launcher (it reads "
+                              f"{', '.join('--' + n for n in sorted(readable))})")
+  missing = [f"--{name}" for name in REQUIRED_FLAGS[launcher] if values[name].value is None]
+  if missing:
+    cli.exit_with_usage_error(f"the {launcher} launcher needs {', '.join(missing)}")
+  if launcher == "tpu" and values.queued_resource and not (values.accelerator_type and values.runtime_version):
+    cli.exit_with_usage_error("--queued_resource needs --accelerator_type and --runtime_version")
+  args = types.SimpleNamespace(launcher=launcher, **{name: values[name].value for name in values if "-" not in name})
+  return args, overrides
 
 
 def main(argv=None) -> int:
-  p = parser()
-  args, extra = p.parse_known_args(argv)
+  """The command; returns the exit status (0; 1 when a run failed; 75 when one was preempted or not started; 2 for
+  a bad flag, override or sweep)."""
+  args, extra = parse_args(sys.argv[1:] if argv is None else list(argv))
   try:
     sweeps.split_config_args(extra)
   except ValueError as e:
-    p.error(str(e))
-  if getattr(args, "parallel", 1) < 1:
-    p.error("--parallel must be >= 1")
+    cli.exit_with_usage_error(str(e))
   try:
     runs = sweeps.plan(args.config, args.sweep, extra)
   except (ValueError, FileNotFoundError) as e:

@@ -47,7 +47,6 @@ collect_runs, varying_keys, group_runs, group_stats, mean_ci, markdown, write_re
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -55,8 +54,11 @@ import math
 import os
 import re
 import sys
+import types
 
-from rankjax import sweeps
+from absl import flags
+
+from rankjax import cli, sweeps
 from rankjax.train.metrics_writer import read_metrics
 
 SEED_KEYS = ("seed", "data.shuffle_seed", "data.response_noise.seed", "eval.seed")
@@ -743,24 +745,37 @@ def _keys(text: str | None) -> list[str] | None:
   return None if text is None else [k.strip() for k in text.split(",") if k.strip()]
 
 
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command's flags in `flag_values`; --group-by, --no-group and --seed-keys are aliases."""
+  f = flag_values
+  flags.DEFINE_string("out", None, "where report.* and the plots go (default: the first DIR)", flag_values=f)
+  flags.DEFINE_string("metrics", None, "comma list of metrics (numeric keys of the last metrics row, or "
+                      "eval/<benchmark>/pass@k); default: " + ",".join(DEFAULT_METRICS) + " (those present)",
+                      flag_values=f)
+  flags.DEFINE_string("group_by", None, "comma list of config keys to group by (default: every varying non-seed "
+                      "key)", flag_values=f)
+  flags.DEFINE_bool("no_group", False, "one group per run (no means over seeds)", flag_values=f)
+  flags.DEFINE_string("seed_keys", ",".join(SEED_KEYS), "comma list of config keys that are replicates",
+                      flag_values=f)
+  flags.DEFINE_string("ignore", ",".join(BOOKKEEPING), "comma list of config keys never compared", flag_values=f)
+  flags.DEFINE_string("title", None, "report.md's heading", flag_values=f)
+  for alias, name in (("group-by", "group_by"), ("no-group", "no_group"), ("seed-keys", "seed_keys")):
+    flags.DEFINE_alias(alias, name, flag_values=f)
+
+
 def main(argv=None) -> int:
-  """The command; returns the exit status (0; 1 when no run is found; 2 for an unknown metric)."""
-  parser = argparse.ArgumentParser(prog="python -m rankjax.report", description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("dirs", nargs="+", metavar="DIR", help="folders searched recursively for runs")
-  parser.add_argument("--out", help="where report.* and the plots go (default: the first DIR)")
-  parser.add_argument("--metrics", help="comma list of metrics (numeric keys of the last metrics row, or "
-                      "eval/<benchmark>/pass@k); default: " + ",".join(DEFAULT_METRICS) + " (those present)")
-  parser.add_argument("--group-by", "--group_by", dest="group_by",
-                      help="comma list of config keys to group by (default: every varying non-seed key)")
-  parser.add_argument("--no-group", "--no_group", dest="no_group", action="store_true",
-                      help="one group per run (no means over seeds)")
-  parser.add_argument("--seed-keys", "--seed_keys", dest="seed_keys", default=",".join(SEED_KEYS),
-                      help="comma list of config keys that are replicates (default: %(default)s)")
-  parser.add_argument("--ignore", default=",".join(BOOKKEEPING),
-                      help="comma list of config keys never compared (default: %(default)s)")
-  parser.add_argument("--title", help="report.md's heading")
-  args = parser.parse_args(argv)
+  """The command (`argv`: the arguments after the program name; default sys.argv's); returns the exit status (0;
+  1 when no run is found; 2 for an unknown metric). A bad flag is one line on stderr and exit status 2."""
+  values = flags.FlagValues()
+  define_flags(values)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("--help", "-h", "--helpfull") for a in argv):
+    print(f"{__doc__}\nFlags:\n{values.get_help()}", flush=True)
+    return 0
+  dirs = cli.parse_flags(["python -m rankjax.report", *argv], config_flag=None, flag_values=values)[1:]
+  if not dirs:
+    cli.exit_with_usage_error("give the folders to search for runs: python -m rankjax.report DIR... [--out=DIR]")
+  args = types.SimpleNamespace(dirs=dirs, **{name: values[name].value for name in values if "-" not in name})
   skipped = []
 
   def warn(message):

@@ -23,7 +23,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SUBPACKAGES = ("rankjax.data", "rankjax.eval", "rankjax.losses", "rankjax.models", "rankjax.sampling", "rankjax.train")
 IMPORTED = (*SUBPACKAGES, "rankjax.train.loop", "rankjax.demo")  # imported (run); every module is found
 # Imports the modules named in argv and prints {module: file} for every module of the installed
-# rankjax (found, not run: rankjax.main and rankjax.data.preview both define the absl flag --config).
+# rankjax (found, not run).
 CHECK = """
 import importlib, importlib.util, json, pkgutil, sys
 import rankjax

@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from rankjax.data import synthetic
+from rankjax.errors import ConfigError
 
 FILE_SOURCES = {"gsm8k": "gsm8k_local", "numina_math_cot": "numina_math_cot", "jsonl": "sft_jsonl"}
 SOURCES = ("synthetic",) + tuple(FILE_SOURCES)
@@ -75,32 +76,32 @@ def _groups_for(source: str) -> set[str]:
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field: an unknown source or split, or a set field of a group
+  """Raises ConfigError naming the field: an unknown source or split, or a set field of a group
   (data.synthetic / data.files / data.jsonl) that the chosen source does not read."""
   if config.source not in SOURCES:
-    raise ValueError(f"config.data.source={config.source!r} is not one of {SOURCES}")
+    raise ConfigError(f"config.data.source={config.source!r} is not one of {SOURCES}")
   if config.source == "synthetic" and config.split not in SYNTHETIC_SPLITS:
-    raise ValueError(f"config.data.split={config.split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
+    raise ConfigError(f"config.data.split={config.split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
   if config.source != "synthetic" and not config.files.manual_dir:
-    raise ValueError(f"config.data.source={config.source!r} needs config.data.files.manual_dir (the directory of "
-                     "its files)")
+    raise ConfigError(f"config.data.source={config.source!r} needs config.data.files.manual_dir (the directory of "
+                      "its files)")
   for field, allowed in (("truncation", ("drop", "truncate")), ("loss_on", ("response", "all")),
                          ("prompt_format", ("plain", "chat"))):
     if config[field] not in allowed:
-      raise ValueError(f"config.data.{field}={config[field]!r} is not one of {allowed}")
+      raise ConfigError(f"config.data.{field}={config[field]!r} is not one of {allowed}")
   for field, least in (("seq_len", 2), ("batch_size", 1), ("packing_bins", 1), ("prefetch", 0), ("num_epochs", 0)):
     if int(config[field]) < least:
-      raise ValueError(f"config.data.{field}={config[field]} must be >= {least}")
+      raise ConfigError(f"config.data.{field}={config[field]} must be >= {least}")
   if not 0.0 <= float(config.response_noise.rate) <= 0.5:
-    raise ValueError(f"config.data.response_noise.rate={config.response_noise.rate} must lie in [0, 0.5]")
+    raise ConfigError(f"config.data.response_noise.rate={config.response_noise.rate} must lie in [0, 0.5]")
   defaults, used = default_config(), _groups_for(config.source)
   for group in ("synthetic", "files", "jsonl"):
     if group in used:
       continue
     for field, value in config[group].items():
       if value != defaults[group][field]:
-        raise ValueError(f"config.data.{group}.{field}={value!r} does not apply to config.data.source="
-                         f"{config.source!r}: it reads only {sorted('data.' + g for g in used)}")
+        raise ConfigError(f"config.data.{group}.{field}={value!r} does not apply to config.data.source="
+                          f"{config.source!r}: it reads only {sorted('data.' + g for g in used)}")
 
 
 def resolved(config, field: str):

@@ -20,9 +20,10 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-from rankjax import losses, models
+from rankjax import cli, losses, models
 from rankjax.data import sources
 from rankjax.diagnostics import families, noise_data, noise_injection, noise_metrics, noise_report, token_scores
+from rankjax.errors import ConfigError
 from rankjax.train.restore import load_checkpoint
 
 _FLAGS = {}
@@ -56,19 +57,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field (FileNotFoundError for a checkpoint path that does not exist)."""
+  """Raises ConfigError naming the field (FileNotFoundError for a checkpoint path that does not exist)."""
   if not config.checkpoint:
-    raise ValueError("config.checkpoint is empty; set --config.checkpoint=PATH (an HF checkpoint directory or a "
-                     "rankjax workdir)")
+    raise ConfigError("config.checkpoint is empty; set --config.checkpoint=PATH (an HF checkpoint directory or a "
+                      "rankjax workdir)")
   if not os.path.exists(os.path.expanduser(config.checkpoint)):
     raise FileNotFoundError(f"config.checkpoint={config.checkpoint!r} does not exist")
   noise_injection.validate_noise_config(config.noise)
   if not 0.0 < float(config.top_fraction) < 1.0:
-    raise ValueError(f"config.top_fraction={config.top_fraction} must be in (0, 1)")
+    raise ConfigError(f"config.top_fraction={config.top_fraction} must be in (0, 1)")
   if int(config.num_examples) < 1:
-    raise ValueError(f"config.num_examples={config.num_examples} must be >= 1")
+    raise ConfigError(f"config.num_examples={config.num_examples} must be >= 1")
   if int(config.batch_size) < 1:
-    raise ValueError(f"config.batch_size={config.batch_size} must be >= 1")
+    raise ConfigError(f"config.batch_size={config.batch_size} must be >= 1")
   losses.validate_config(config.loss)
 
 
@@ -116,14 +117,15 @@ def run_noise_diagnostic(config, workdir: str) -> dict:
   return results
 
 
-def _define_flags() -> None:
-  """Defines the command's flags; only when run as a command, so that importing this module (tests, notebooks,
-  other tools with their own --config flag) defines none."""
+def define_flags(flag_values: flags.FlagValues) -> None:
+  """Defines the command's flags in `flag_values`; only when run as a command (`cli.run`), so that importing this
+  module (tests, notebooks, other tools with their own --config flag) defines none."""
   _FLAGS["config"] = config_flags.DEFINE_config_file(
-      "config", None, "Path to a noise diagnostic config file (configs/noise_diagnostic.py).", lock_config=True)
+      "config", None, "Path to a noise diagnostic config file (configs/noise_diagnostic.py).", lock_config=True,
+      flag_values=flag_values)
   _FLAGS["workdir"] = flags.DEFINE_string("workdir", None, "Directory for results.json, results.md, weights.png, "
-                                          "tokens.npz.")
-  flags.mark_flags_as_required(["config", "workdir"])
+                                          "tokens.npz.", flag_values=flag_values)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def main(argv):
@@ -136,5 +138,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

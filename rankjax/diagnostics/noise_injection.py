@@ -24,6 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rankjax.errors import ConfigError
+
 MODES = ("insert", "replace")
 POOLS = ("vocabulary", "corpus")
 MAX_TAIL = 4  # the end-of-turn tail is looked for among the last MAX_TAIL response tokens
@@ -42,15 +44,15 @@ class NoisyExample:
 
 
 def validate_noise_config(noise) -> None:
-  """Raises ValueError naming the field of the `noise` group (rate, mode, pool, seed) that is invalid."""
+  """Raises ConfigError naming the field of the `noise` group (rate, mode, pool, seed) that is invalid."""
   if not 0.0 < float(noise.rate) <= 0.5:
-    raise ValueError(f"config.noise.rate={noise.rate} must be in (0, 0.5] (a share of response tokens, e.g. 0.008)")
+    raise ConfigError(f"config.noise.rate={noise.rate} must be in (0, 0.5] (a share of response tokens, e.g. 0.008)")
   if noise.mode not in MODES:
-    raise ValueError(f"config.noise.mode={noise.mode!r} is not one of {MODES}")
+    raise ConfigError(f"config.noise.mode={noise.mode!r} is not one of {MODES}")
   if noise.pool not in POOLS:
-    raise ValueError(f"config.noise.pool={noise.pool!r} is not one of {POOLS}")
+    raise ConfigError(f"config.noise.pool={noise.pool!r} is not one of {POOLS}")
   if int(noise.seed) < 0:
-    raise ValueError(f"config.noise.seed={noise.seed} must be >= 0")
+    raise ConfigError(f"config.noise.seed={noise.seed} must be >= 0")
 
 
 def special_token_ids(tokenizer) -> set[int]:

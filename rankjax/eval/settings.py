@@ -12,6 +12,8 @@ import re
 
 import ml_collections
 
+from rankjax.errors import ConfigError
+
 PAPER_BENCHMARKS = "math500,minerva_math,olympiadbench,aime24,amc23"
 PROMPTS = ("auto", "chat_cot", "plain")
 BUILTIN_BENCHMARKS = ("gsm8k", "aime24", "amc23", "math500", "minerva_math", "olympiadbench", "synthetic")
@@ -67,39 +69,39 @@ def parse_benchmarks(text: str) -> list[BenchmarkSpec]:
     name, sep, path = item.partition("=")
     name = name.strip()
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-      raise ValueError(f"eval config: benchmarks item {item!r}: the name must be letters, digits, _ . -")
+      raise ConfigError(f"eval config: benchmarks item {item!r}: the name must be letters, digits, _ . -")
     if not sep and name not in BUILTIN_BENCHMARKS:
-      raise ValueError(f"eval config: unknown benchmark {name!r}; built-in: {BUILTIN_BENCHMARKS}, or give "
-                       f"NAME=PATH for a JSONL file of problems and answers")
+      raise ConfigError(f"eval config: unknown benchmark {name!r}; built-in: {BUILTIN_BENCHMARKS}, or give "
+                        f"NAME=PATH for a JSONL file of problems and answers")
     if sep and not path.strip():
-      raise ValueError(f"eval config: benchmarks item {item!r} has no path after '='")
+      raise ConfigError(f"eval config: benchmarks item {item!r} has no path after '='")
     specs.append(BenchmarkSpec(name, path.strip()))
   names = [s.name for s in specs]
   if len(set(names)) != len(names):
-    raise ValueError(f"eval config: benchmarks {names} name a set twice")
+    raise ConfigError(f"eval config: benchmarks {names} name a set twice")
   if not specs:
-    raise ValueError("eval config: benchmarks is empty")
+    raise ConfigError("eval config: benchmarks is empty")
   return specs
 
 
 def validate(config) -> None:
-  """Raises ValueError naming the field for settings no evaluation can use."""
+  """Raises ConfigError naming the field for settings no evaluation can use."""
   parse_benchmarks(config.benchmarks)
   for field in ("num_samples", "max_new_tokens", "batch_size"):
     if int(config[field]) <= 0:
-      raise ValueError(f"eval config: {field}={config[field]} must be positive")
+      raise ConfigError(f"eval config: {field}={config[field]} must be positive")
   if int(config.num_problems) < 0:
-    raise ValueError(f"eval config: num_problems={config.num_problems} must be >= 0 (0 = all)")
+    raise ConfigError(f"eval config: num_problems={config.num_problems} must be >= 0 (0 = all)")
   if config.prompt not in PROMPTS:
-    raise ValueError(f"eval config: prompt={config.prompt!r} is not one of {PROMPTS}")
+    raise ConfigError(f"eval config: prompt={config.prompt!r} is not one of {PROMPTS}")
   ks = pass_ks(config)
   if not ks:
-    raise ValueError(f"eval config: pass_k={tuple(config.pass_k)} has no k in [1, num_samples={config.num_samples}]")
+    raise ConfigError(f"eval config: pass_k={tuple(config.pass_k)} has no k in [1, num_samples={config.num_samples}]")
   if float(config.grading.timeout_s) <= 0 or int(config.grading.workers) < 0:
-    raise ValueError(f"eval config: grading.timeout_s={config.grading.timeout_s} must be > 0 and "
-                     f"grading.workers={config.grading.workers} >= 0")
+    raise ConfigError(f"eval config: grading.timeout_s={config.grading.timeout_s} must be > 0 and "
+                      f"grading.workers={config.grading.workers} >= 0")
   if config.plain_template and "{prompt}" not in config.plain_template:
-    raise ValueError(f"eval config: plain_template={config.plain_template!r} has no {{prompt}} field")
+    raise ConfigError(f"eval config: plain_template={config.plain_template!r} has no {{prompt}} field")
 
 
 def pass_ks(config) -> tuple[int, ...]:
@@ -107,5 +109,5 @@ def pass_ks(config) -> tuple[int, ...]:
   try:
     ks = [int(k) for k in config.pass_k]
   except (TypeError, ValueError):
-    raise ValueError(f"eval config: pass_k={config.pass_k!r} must be a list of ints") from None
+    raise ConfigError(f"eval config: pass_k={config.pass_k!r} must be a list of ints") from None
   return tuple(sorted({k for k in ks if 1 <= k <= int(config.num_samples)}))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from rankjax.errors import ConfigError
 # `schemes` registers the built-in entries of the table that `registry` holds.
 from rankjax.losses import registry, schemes  # noqa: F401
 from rankjax.losses.registry import SCHEMES  # noqa: F401 (re-exported: the names of the table)
@@ -64,26 +65,26 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field if `config` is not a valid loss config."""
+  """Raises ConfigError naming the field if `config` is not a valid loss config."""
   missing = [k for k in default_config().keys() if k not in config]
   if missing:
-    raise ValueError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
+    raise ConfigError(f"loss config: missing fields {missing}; start from rankjax.losses.default_config()")
   registry.get(config.name)
   registry.check_choice(config, "expected_rank", EXPECTED_RANK_METHODS)
   for scheme in registry.all_schemes():
     scheme.validate(config)
   if not 0 < float(config.histogram_bin_width) <= 1.0:
-    raise ValueError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
+    raise ConfigError(f"loss config: histogram_bin_width={config.histogram_bin_width} must be in (0, 1] nats")
   if not float(config.histogram_range) >= 10 * float(config.histogram_bin_width):
-    raise ValueError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
+    raise ConfigError(f"loss config: histogram_range={config.histogram_range} must cover at least 10 bins")
   if int(config.vocab_chunk) < 0:
-    raise ValueError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
+    raise ConfigError(f"loss config: vocab_chunk={config.vocab_chunk} must be >= 0 (0: the whole vocabulary)")
   if int(config.token_chunk) < 1:
-    raise ValueError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
+    raise ConfigError(f"loss config: token_chunk={config.token_chunk} must be >= 1")
   if int(config.dump_tokens) < 0:
-    raise ValueError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
+    raise ConfigError(f"loss config: dump_tokens={config.dump_tokens} must be >= 0 (every N steps; 0: off)")
   if int(config.dump_sequences) < 1:
-    raise ValueError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
+    raise ConfigError(f"loss config: dump_sequences={config.dump_sequences} must be >= 1")
 
 
 def stats_options(config, diagnostics: bool | None = None) -> dict:

@@ -18,7 +18,7 @@ How to add a scheme (one file, `rankjax/losses/schemes.py`, plus its tests):
      unless diagnostics ask for it.
    - `fields`: its config fields and their defaults ({"eaft_top_k": 20, ...}); `default_config()` gets them.
      Prefix them with the scheme's name; comment their meaning and units next to them.
-   - `validate(config)`: raises ValueError naming the field ("loss config: eaft_top_k=1 must be >= 2");
+   - `validate(config)`: raises ConfigError naming the field ("loss config: eaft_top_k=1 must be >= 2");
      `check_choice` helps. Every registered scheme's check runs on every config (a field is valid or not
      whatever the run's scheme).
    - `batch_constants(log_prob, mask, config, axis_name)`: only for weights that depend on the whole global
@@ -47,6 +47,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from rankjax.errors import ConfigError
 from rankjax.losses.stats import TokenStats
 
 
@@ -160,9 +161,9 @@ def unregister(name: str) -> None:
 
 
 def get(name) -> Scheme:
-  """The entry of scheme `name`; ValueError naming the registered ones if there is none."""
+  """The entry of scheme `name`; ConfigError naming the registered ones if there is none."""
   if name not in SCHEMES:
-    raise ValueError(f"loss config: name={name!r} is not one of {SCHEMES}")
+    raise ConfigError(f"loss config: name={name!r} is not one of {SCHEMES}")
   return _TABLE[name]
 
 
@@ -177,10 +178,10 @@ def batch_aux_keys() -> frozenset[str]:
 
 
 def check_choice(config, field: str, allowed) -> None:
-  """Raises ValueError naming `field` unless config[field] is one of `allowed`."""
+  """Raises ConfigError naming `field` unless config[field] is one of `allowed`."""
   value = config[field]
   if value not in allowed:
-    raise ValueError(f"loss config: {field}={value!r} is not one of {tuple(allowed)}")
+    raise ConfigError(f"loss config: {field}={value!r} is not one of {tuple(allowed)}")
 
 
 def weight_args(stats: TokenStats, config, batch, topk_entropy: jax.Array | None, vocab_size: int,

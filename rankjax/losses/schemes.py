@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from rankjax.errors import ConfigError
 from rankjax.losses import weights
 from rankjax.losses.registry import Scheme, StatNeeds, WeightArgs, check_choice, register
 
@@ -33,7 +34,7 @@ def _talr_constants(log_prob, mask, config, axis_name):
 
 def _talr_validate(config):
   if not float(config.talr_min_tau) > 0:
-    raise ValueError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
+    raise ConfigError(f"loss config: talr_min_tau={config.talr_min_tau} must be > 0")
 
 
 def _eaft_weight(args: WeightArgs):
@@ -43,9 +44,9 @@ def _eaft_weight(args: WeightArgs):
 
 def _eaft_validate(config):
   if int(config.eaft_top_k) < 2:
-    raise ValueError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
+    raise ConfigError(f"loss config: eaft_top_k={config.eaft_top_k} must be >= 2 (its entropy is divided by ln K)")
   if not float(config.eaft_alpha) > 0:
-    raise ValueError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
+    raise ConfigError(f"loss config: eaft_alpha={config.eaft_alpha} must be > 0")
 
 
 def _ranktuner_weight(args: WeightArgs):
@@ -64,7 +65,7 @@ def _ranktuner_validate(config):
   check_choice(config, "form", RANKTUNER_FORMS)
   check_choice(config, "base", RANKTUNER_BASES)
   if not 1e-30 <= float(config.bound_floor) < 1.0:
-    raise ValueError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
+    raise ConfigError(f"loss config: bound_floor={config.bound_floor} must be in [1e-30, 1) (S_t <= 1 / bound_floor "
                      "must stay finite in float32)")
 
 

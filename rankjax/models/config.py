@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from rankjax.errors import ConfigError
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # the Hugging Face model_type written on export
 ROPE_SCALINGS = ("none", "llama3")
@@ -49,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
 def resolve_dtype(name: str):
   """Maps a dtype name from the config to a jnp dtype, with a clear error."""
   if name not in DTYPES:
-    raise ValueError(f"model config: dtype {name!r} is not one of {sorted(DTYPES)}")
+    raise ConfigError(f"model config: dtype {name!r} is not one of {sorted(DTYPES)}")
   return DTYPES[name]
 
 
@@ -58,21 +60,23 @@ def head_dim(config) -> int:
 
 
 def validate_config(config) -> None:
-  """Raises ValueError naming the field if the model sizes are inconsistent."""
+  """Raises ConfigError naming the field if the model sizes are inconsistent."""
   for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
     if int(config[field]) <= 0:
-      raise ValueError(f"model config: {field}={config[field]} must be positive")
+      raise ConfigError(f"model config: {field}={config[field]} must be positive")
   if config.num_heads % config.num_kv_heads:
-    raise ValueError(f"model config: num_heads={config.num_heads} is not a multiple of num_kv_heads={config.num_kv_heads}")
+    raise ConfigError(f"model config: num_heads={config.num_heads} is not a multiple of "
+                      f"num_kv_heads={config.num_kv_heads}")
   if not config.head_dim and config.hidden_size % config.num_heads:
-    raise ValueError(f"model config: hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}; set head_dim")
+    raise ConfigError(f"model config: hidden_size={config.hidden_size} is not divisible by "
+                      f"num_heads={config.num_heads}; set head_dim")
   if head_dim(config) % 2:
-    raise ValueError(f"model config: head_dim={head_dim(config)} must be even for rotary embeddings")
+    raise ConfigError(f"model config: head_dim={head_dim(config)} must be even for rotary embeddings")
   resolve_dtype(config.dtype)
   resolve_dtype(config.param_dtype)
   for field, allowed in (("architecture", ARCHITECTURES), ("rope_scaling", ROPE_SCALINGS),
                          ("remat", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
     if config[field] not in allowed:
-      raise ValueError(f"model config: {field}={config[field]!r} is not one of {allowed}")
+      raise ConfigError(f"model config: {field}={config[field]!r} is not one of {allowed}")
   if config.rope_scaling == "llama3" and not config.rope_high_freq_factor > config.rope_low_freq_factor:
-    raise ValueError("model config: rope_high_freq_factor must exceed rope_low_freq_factor for llama3 RoPE scaling")
+    raise ConfigError("model config: rope_high_freq_factor must exceed rope_low_freq_factor for llama3 RoPE scaling")

@@ -13,6 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from rankjax.errors import ConfigError
 from rankjax.models import config as model_config
 from rankjax.models import hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer, build_model
@@ -90,7 +91,7 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_
 
 
 def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> None:
-  """Raises ValueError naming the fields when `init_from` is a rankjax workdir whose config.json records a model with
+  """Raises ConfigError naming the fields when `init_from` is a rankjax workdir whose config.json records a model with
   other parameter shapes than model config `config` (restoring would fail deep in Orbax). Does nothing for an HF
   checkpoint (it brings its own architecture), a workdir without config.json yet, or an unreadable one (the
   restore then names the checkpoint). resuming=True: `init_from` is the run's own workdir, about to be resumed."""
@@ -117,10 +118,10 @@ def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> N
   if differ:
     details = ", ".join(f"model.{f}={theirs[f]!r} there, {mine[f]!r} here" for f in differ)
     if resuming:
-      raise ValueError(f"workdir {workdir} holds checkpoints of a model with other parameter shapes ({details}; "
-                       f"from {run_file}): use a new --workdir, or set config.model to those sizes to resume")
-    raise ValueError(f"init_from: {init_from} was trained with other parameter shapes ({details}; from {run_file}); "
-                     "set config.model to the sizes of that run")
+      raise ConfigError(f"workdir {workdir} holds checkpoints of a model with other parameter shapes ({details}; "
+                        f"from {run_file}): use a new --workdir, or set config.model to those sizes to resume")
+    raise ConfigError(f"init_from: {init_from} was trained with other parameter shapes ({details}; from {run_file}); "
+                      "set config.model to the sizes of that run")
 
 
 def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides) -> Transformer:

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rankjax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES = (("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"),
                  ("kv", None), ("mlp", "tensor"), ("norm", None))
@@ -21,24 +23,24 @@ BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
 
 
 def check_mesh_sizes(sizes: dict, device_count: int, where: str = "config.mesh") -> None:
-  """Raises ValueError naming `where` unless the mesh sizes {"data", "fsdp", "tensor"} tile `device_count`
+  """Raises ConfigError naming `where` unless the mesh sizes {"data", "fsdp", "tensor"} tile `device_count`
   devices: each a positive size or -1 (the remaining devices; at most one), their product equal to the count
   (dividing it when one is -1)."""
   sizes = {axis: int(sizes[axis]) for axis in MESH_AXES}
   shown = ", ".join(f"{where}.{a}={s}" for a, s in sizes.items())
   for axis, size in sizes.items():
     if size == 0 or size < -1:
-      raise ValueError(f"{where}.{axis}={size} must be a positive size, or -1 for all remaining devices")
+      raise ConfigError(f"{where}.{axis}={size} must be a positive size, or -1 for all remaining devices")
   rest = [axis for axis, size in sizes.items() if size == -1]
   if len(rest) > 1:
-    raise ValueError(f"{where}: at most one of data/fsdp/tensor may be -1 (the remaining devices); got {shown}")
+    raise ConfigError(f"{where}: at most one of data/fsdp/tensor may be -1 (the remaining devices); got {shown}")
   known = int(np.prod([s for s in sizes.values() if s != -1]))
   if rest and device_count % known:
-    raise ValueError(f"{where}: the fixed axes multiply to {known}, which does not divide the {device_count} devices "
-                     f"of this run ({shown})")
+    raise ConfigError(f"{where}: the fixed axes multiply to {known}, which does not divide the {device_count} devices "
+                      f"of this run ({shown})")
   if not rest and known != device_count:
-    raise ValueError(f"{where}: data*fsdp*tensor = {known} but this run has {device_count} devices ({shown}); "
-                     "the product must equal the device count (set one axis to -1 to take the rest)")
+    raise ConfigError(f"{where}: data*fsdp*tensor = {known} but this run has {device_count} devices ({shown}); "
+                      "the product must equal the device count (set one axis to -1 to take the rest)")
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:

@@ -6,16 +6,14 @@ import ml_collections
 
 from rankjax import losses, models
 from rankjax.data import sources
+from rankjax.errors import ConfigError
 from rankjax.eval import settings as eval_settings
 from rankjax.train import optimizer
-
-JOBS = ("train", "demo")
 
 
 def base_config() -> ml_collections.ConfigDict:
   """Returns an unlocked config with every field a run reads; configs/*.py adjust and lock it."""
   c = ml_collections.ConfigDict()
-  c.job = "train"  # "train": one run; "demo": the end-to-end comparison of rankjax.demo
   c.model = models.default_config()
   c.data = sources.default_config()
   c.loss = losses.default_config()
@@ -63,41 +61,39 @@ def eval_config() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  """Raises ValueError naming the field for values no run can use (before any compile)."""
-  if config.job not in JOBS:
-    raise ValueError(f"config.job={config.job!r} is not one of {JOBS}")
+  """Raises ConfigError naming the field for values no run can use (before any compile)."""
   sources.validate_config(config.data)
   if config.data.prompt_format == "chat" and not (config.init_from or config.data.tokenizer_path):
-    raise ValueError("config.data.prompt_format='chat' needs a tokenizer with a chat template: set "
-                     "config.init_from to a Hugging Face checkpoint directory (or config.data.tokenizer_path)")
+    raise ConfigError("config.data.prompt_format='chat' needs a tokenizer with a chat template: set "
+                      "config.init_from to a Hugging Face checkpoint directory (or config.data.tokenizer_path)")
   losses.validate_config(config.loss)
   models.validate_config(config.model)
   for field in ("total_steps", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[field]) <= 0:
-      raise ValueError(f"config.{field}={config[field]} must be positive")
+      raise ConfigError(f"config.{field}={config[field]} must be positive")
   if int(config.eval.every_steps) < 0:
-    raise ValueError(f"config.eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off)")
+    raise ConfigError(f"config.eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off)")
   if config.eval.every_steps:
     eval_settings.validate(config.eval)
   if config.data.batch_size % config.grad_accum_steps:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
-                     f"config.grad_accum_steps={config.grad_accum_steps}")
+    raise ConfigError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
+                      f"config.grad_accum_steps={config.grad_accum_steps}")
   import math
 
   import jax
   opt = config.optimizer
   if not (math.isfinite(float(opt.learning_rate)) and float(opt.learning_rate) > 0):
-    raise ValueError(f"config.optimizer.learning_rate={opt.learning_rate} must be a positive number (the peak of "
-                     "the warmup-cosine schedule)")
+    raise ConfigError(f"config.optimizer.learning_rate={opt.learning_rate} must be a positive number (the peak of "
+                      "the warmup-cosine schedule)")
   for field, closed in (("warmup_fraction", True), ("end_lr_fraction", True), ("b1", False), ("b2", False)):
     value = float(opt[field])
     if not (0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0):
-      raise ValueError(f"config.optimizer.{field}={opt[field]} must lie in [0, 1{']' if closed else ')'}")
+      raise ConfigError(f"config.optimizer.{field}={opt[field]} must lie in [0, 1{']' if closed else ')'}")
   if not float(opt.eps) > 0:
-    raise ValueError(f"config.optimizer.eps={opt.eps} must be > 0")
+    raise ConfigError(f"config.optimizer.eps={opt.eps} must be > 0")
   for field in ("weight_decay", "clip_norm"):
     if not float(opt[field]) >= 0:
-      raise ValueError(f"config.optimizer.{field}={opt[field]} must be >= 0")
+      raise ConfigError(f"config.optimizer.{field}={opt[field]} must be >= 0")
   # The mesh and an init_from workdir's parameter shapes: named here, before the workdir is written.
   models.check_mesh_sizes({axis: config.mesh[axis] for axis in models.MESH_AXES}, jax.device_count())
   models.check_init_from_workdir(config.init_from, config.model)
