@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from rankjax.rundir import layout, progress
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("start-up", "step", "checkpoint write")
 WALL_CLOCK_KEYS = ("tokens_per_second", "model_tflops_per_device", "mfu")
@@ -77,7 +79,7 @@ def launch(cmd: list[str], log_path: str) -> subprocess.Popen:
 def logged_steps(workdir: str) -> int:
   """Complete rows in WORKDIR/metrics.jsonl."""
   try:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(layout.metrics_path(workdir), encoding="utf-8") as f:
       return sum(1 for line in f if line.endswith("\n"))
   except FileNotFoundError:
     return 0
@@ -85,14 +87,12 @@ def logged_steps(workdir: str) -> int:
 
 def temporary_checkpoints(workdir: str) -> list[str]:
   """Checkpoint directories not yet committed (being written, or left by a kill)."""
-  return glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
+  return glob.glob(os.path.join(layout.checkpoints_dir(workdir), "*.orbax-checkpoint-tmp*"))
 
 
 def latest_checkpoint(workdir: str) -> int | None:
   """The latest committed step directory's step."""
-  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()] \
-      if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
-  return max(steps, default=None)
+  return max(progress.committed_steps(workdir), default=None)
 
 
 def _wait_until(condition, proc: subprocess.Popen, deadline: float, poll_s: float = 0.002) -> bool:

@@ -10,10 +10,11 @@ Every launcher takes --dry-run (print every command, run nothing), --sweep=FILE 
 of the config file's) and --config.a.b=value overrides applied to every run (a run's own sweep value wins).
 
 local  runs one after another (output on the terminal), or --parallel=N at a time (each into
-       SWEEPDIR/NAME/launch.log). A finished run (metrics.jsonl has its total_steps, or checkpoints/<total_steps>
-       exists) is skipped: `[sweep] NAME: finished, skipped`; an unfinished one is relaunched and resumes. A run that
-       exits 75 (preempted: SIGTERM/SIGINT, checkpoint saved) is reported and no new run starts. Exit status 1 if a
-       run failed, 75 if one was preempted or not started, else 0.
+       SWEEPDIR/NAME/launch.log). A finished run (`rankjax.rundir.progress.is_finished`: a committed checkpoint
+       of its total_steps, or without checkpoints a metrics row of it) is skipped: `[sweep] NAME: finished, skipped`;
+       an unfinished one is relaunched and resumes. A run that exits 75 (preempted: SIGTERM/SIGINT, checkpoint
+       saved) is reported and no new run starts. Exit status 1 if a run failed, 75 if one was preempted or not
+       started, else 0.
 slurm  writes SWEEPDIR/sweep.sbatch, one array task per unfinished run (finished ones are checked here, so
        SWEEPDIR must be on the cluster's shared file system), and submits it with `sbatch`. Each task runs its
        command through `srun` (with --distributed when --nodes > 1: jax.distributed finds SLURM's coordinator);
@@ -47,8 +48,9 @@ import threading
 import time
 
 from rankjax import sweeps
+from rankjax.rundir.exit_status import PREEMPTED_EXIT_CODE
 
-PREEMPTED = 75  # rankjax.train.preemption.PREEMPTED_EXIT_CODE (not imported: that module loads JAX)
+PREEMPTED = PREEMPTED_EXIT_CODE  # what a preempted run exits with (checkpoint saved; relaunch to resume)
 SYNC_EXCLUDE = (".git", ".venv", "venv", "workdirs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
                 "*.egg-info", "build", "dist", ".ipynb_checkpoints")
 SYNC_MARKER = ".rankjax-sync"  # in a staged copy; the launcher deletes only folders that hold it
