@@ -5,7 +5,9 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
-FLOOR = {"models": 0, "losses": 0, "data": 1, "train": 2, "eval": 2, "diagnostics": 2}
+# rundir (the run folder's names, progress, atomic writes) is at the bottom: train/ writes the folder and the
+# launchers, sweeps and the report read it, and it imports nothing of rankjax.
+FLOOR = {"models": 0, "losses": 0, "rundir": 0, "data": 1, "train": 2, "eval": 2, "diagnostics": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -92,7 +92,7 @@ def test_seed_groups_and_t_interval(tmp_path):
   assert single["n"] == 1 and math.isnan(single["ci95"])
   assert [report.seed_label(r, ["seed"]) for r in groups[0].runs] == ["0", "1", "2"]
   text = report.markdown(report.build_report(runs))
-  assert "| dft | 0.001 | 3 | 0, 1, 2 | 3/3 | 2.333 ± 3.8 |" in text and "(n=1)" in text
+  assert "| dft | 0.001 | 3 | 0, 1, 2 | 3/3 | - | 2.333 ± 3.8 |" in text and "(n=1)" in text
   # --group-by pools the learning rates; --no-group: one group per run
   assert [g.n for g in report.group_runs(runs, by=["loss.name"])] == [3, 4]
   assert [g.n for g in report.group_runs(runs, group=False)] == [1] * 7
@@ -111,7 +111,7 @@ def test_shuffle_seed_and_noise_seed_are_replicates(tmp_path):
     for method in ("sft", "dft"):
       for k in (0, 1):
         overrides = {"seed": k, "data.shuffle_seed": k, "data.response_noise.seed": k, "eval.seed": k,
-                     "data.response_noise.rate": rate, "loss.name": method}
+                     "data.response_noise.rate": rate, "loss.name": method, "total_steps": 2}  # finished
         run = make_run(tmp_path / "runs" / cond / method, f"seed{k}", loss=(2.0, 1.0 + k), steps=(1, 2), **overrides)
         write_results(run / "eval", 0.25 * (k + 1))
         (run / "eval" / "row.json").write_text(json.dumps({"seed": k, "pass@1": 0.25 * (k + 1),
