@@ -7,8 +7,8 @@ from rankjax.report.contents import Report
 from rankjax.report.grouping import Group, seed_label, sort_value
 from rankjax.report.values import MISSING
 
-FINISHED = ("finished = a committed checkpoint of config.total_steps (in a folder without checkpoints, a metrics "
-            "row of that step)")
+FINISHED = ("Finished: a committed checkpoint of config.total_steps or later, or, in a folder without checkpoints, a "
+            "metrics row of that step.")
 
 
 def _seed_list(group: Group, seed_keys) -> str:
@@ -26,15 +26,13 @@ def left_out_cell(left_out) -> str:
 def statistics_line(report: Report) -> str:
   """The header line saying which runs the statistics are over and how many were left out."""
   if report.include_unfinished:
-    return (f"- Statistics: over every run, unfinished ones included (include_unfinished): an unfinished run "
-            f"contributes its last logged step's values, not final ones ({FINISHED}).")
+    return ("- Statistics and plots: over every run, unfinished ones included (include_unfinished): an unfinished "
+            f"run contributes its last logged step's values, not final ones. {FINISHED}")
   left = sum(len(report.left_out(g)) for g in report.groups)
-  text = f"- Statistics and plots: over finished runs only ({FINISHED}); "
-  if not left:
-    return text + "no run left out."
   groups = sum(bool(report.left_out(g)) for g in report.groups)
-  return text + (f"{left} unfinished run(s) left out of {groups} group(s) (column `left out`); "
-                 "`--include_unfinished` counts their last logged values.")
+  counts = (f"{left} unfinished run(s) left out of {groups} group(s) (column `left out`); `--include_unfinished` "
+            "counts their last logged values." if left else "no run left out.")
+  return f"- Statistics and plots: over finished runs only; {counts} {FINISHED}"
 
 
 def markdown(report: Report, title: str = "Report over runs") -> str:
