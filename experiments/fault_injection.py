@@ -149,10 +149,10 @@ def _restore_items(workdir: str, step: int) -> dict:
   import orbax.checkpoint as ocp  # noqa: PLC0415
   out = {}
   for item in ("params", "opt_state"):
-    path = os.path.join(workdir, "checkpoints", str(step), item)
+    path = os.path.join(layout.checkpoints_dir(workdir), str(step), item)
     with ocp.StandardCheckpointer() as ckpt:
       out[item] = ckpt.restore(path)
-  data = glob.glob(os.path.join(workdir, "checkpoints", str(step), "data_iter", "*.json"))
+  data = glob.glob(os.path.join(layout.checkpoints_dir(workdir), str(step), "data_iter", "*.json"))
   out["data_iter"] = {os.path.basename(p): open(p, encoding="utf-8").read() for p in sorted(data)}
   return out
 
@@ -182,8 +182,7 @@ def differences(reference: str, candidate: str) -> list[str]:
             if fa[k].dtype != fb[k].dtype or fa[k].tobytes() != fb[k].tobytes()]
   if a["data_iter"] != b["data_iter"]:
     out.append("data iterator state differs")
-  rows = [[json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"), encoding="utf-8")]
-          for d in (reference, candidate)]
+  rows = [progress.read_metrics(d) for d in (reference, candidate)]
   steps = [[r["step"] for r in rs] for rs in rows]
   if steps[0] != steps[1]:
     out.append(f"metrics.jsonl steps: {steps[0]} vs {steps[1]}")

@@ -9,7 +9,9 @@ import os
 from rankjax.report.values import RunError, number, read_json
 from rankjax.rundir import layout
 
-PRUNE = frozenset({"checkpoints", "tensorboard", "tfds", "hf", ".git", "__pycache__", ".venv", ".ipynb_checkpoints"})
+# Folders never searched for runs or results: a run's own bulky subfolders, caches, environments.
+PRUNE = frozenset({layout.CHECKPOINTS_DIR, layout.TENSORBOARD_DIR, "tfds", "hf", ".git", "__pycache__", ".venv",
+                   ".ipynb_checkpoints"})
 RESULTS_FILE = "results.json"
 
 
