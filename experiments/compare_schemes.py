@@ -38,10 +38,10 @@ from rankjax.eval import benchmarks, harness, settings as eval_settings  # noqa:
 from rankjax.eval.answer_accuracy import answer_accuracy  # noqa: E402
 from rankjax.report import mean_ci  # noqa: E402  (mean, 95% Student-t half-width; nan for one value)
 from rankjax.rundir import atomic, layout  # noqa: E402
+from rankjax.rundir.progress import read_metrics  # noqa: E402
 from rankjax.train import config as run_config  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 from rankjax.train.methods import method_overrides, parse_methods  # noqa: E402
-from rankjax.train.metrics_writer import read_metrics  # noqa: E402
 from rankjax.train.restore import load_checkpoint  # noqa: E402
 
 

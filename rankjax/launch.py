@@ -48,6 +48,7 @@ import threading
 import time
 
 from rankjax import sweeps
+from rankjax.rundir import progress
 from rankjax.rundir.exit_status import PREEMPTED_EXIT_CODE
 
 PREEMPTED = PREEMPTED_EXIT_CODE  # what a preempted run exits with (checkpoint saved; relaunch to resume)
@@ -75,7 +76,7 @@ def local_jobs(runs, config_path: str, sweep_dir: str, python: str, parallel: in
   """([Job of each unfinished run], [names of finished runs])."""
   jobs, finished = [], []
   for run in runs:
-    if sweeps.is_finished(run.workdir(sweep_dir), run.total_steps):
+    if progress.is_finished(run.workdir(sweep_dir), run.total_steps):
       finished.append(run.name)
       continue
     log = os.path.join(run.workdir(sweep_dir), "launch.log") if parallel > 1 else None
@@ -258,7 +259,7 @@ def launch_slurm(args, runs) -> int:
   sweep_dir = os.path.abspath(args.workdir)
   todo = []
   for run in runs:
-    if sweeps.is_finished(run.workdir(sweep_dir), run.total_steps):
+    if progress.is_finished(run.workdir(sweep_dir), run.total_steps):
       _print(f"[sweep] {run.name}: finished, skipped")
     else:
       todo.append(run)
