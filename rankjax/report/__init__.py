@@ -7,11 +7,12 @@ into OUT (default: the first DIR):
 
   report.md    which runs were found, which config keys vary, the seeds; a table per group of seeds (mean and
                95% t-interval) and a table per run
-  report.csv   one row per run: the varying config keys, the metrics, step, total_steps, finished, path
+  report.csv   one row per run: the varying config keys, the metrics, step, total_steps, finished,
+               in_statistics, left_out, path
   report.json  all of it, with every run's whole last metrics row and evaluation results (NaN written as null)
-  curves.png   training loss and mean NLL against the step, one line per group (mean over its runs, band:
-               min to max over them)
-  metrics.png  the final metrics per group, bars = mean, error bars = 95% t-interval, dots = the runs
+  curves.png   training loss and mean NLL against the step, one line per group (mean over its counted runs,
+               band: min to max over them)
+  metrics.png  the final metrics per group, bars = mean, error bars = 95% t-interval, dots = the counted runs
 
 What is read from a run:
   - config.json, flattened to dotted keys ({"loss": {"name": "sft"}} -> {"loss.name": "sft"});
