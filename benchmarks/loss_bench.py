@@ -176,9 +176,11 @@ def demo_logits(workdir, n):
   from rankjax import models
   from rankjax.data import synthetic
   from rankjax.data.tokenizer import load_tokenizer
+  from rankjax.rundir import layout
   from rankjax.train.checkpointing import restore_params
   import ml_collections
-  config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+  with open(layout.config_path(workdir), encoding="utf-8") as f:
+    config = ml_collections.ConfigDict(json.load(f))
   model = models.build_model(config.model)
   params = restore_params(os.path.join(workdir, "runs", "ranktuner"), models.init_params(model, jax.random.PRNGKey(0)))
   tok = load_tokenizer(workdir)

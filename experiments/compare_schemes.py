@@ -37,10 +37,11 @@ from rankjax.data import sources, stream  # noqa: E402
 from rankjax.eval import benchmarks, harness, settings as eval_settings  # noqa: E402
 from rankjax.eval.answer_accuracy import answer_accuracy  # noqa: E402
 from rankjax.report import mean_ci  # noqa: E402  (mean, 95% Student-t half-width; nan for one value)
+from rankjax.rundir import atomic, layout  # noqa: E402
+from rankjax.rundir.progress import read_metrics  # noqa: E402
 from rankjax.train import config as run_config  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 from rankjax.train.methods import method_overrides, parse_methods  # noqa: E402
-from rankjax.train.metrics_writer import read_metrics  # noqa: E402
 from rankjax.train.restore import load_checkpoint  # noqa: E402
 
 
@@ -68,8 +69,9 @@ def run_one(config, base_dir: str, tokenizer_path: str, method: str, seed: int, 
 def evaluate_dir(config, run_dir: str, seed: int) -> dict:
   """Pass@1 / Pass@n (n samples at T = 1.0, sampling seed `seed`) and greedy accuracy of the run in `run_dir`
   on the held-out problems; cached in run_dir/eval/row.json (run_dir/eval_seed<k>/ for the shared base)."""
-  eval_dir = os.path.join(run_dir, "eval" if os.path.basename(run_dir).startswith("seed") else f"eval_seed{seed}")
-  result_path = os.path.join(eval_dir, "row.json")
+  own = os.path.basename(run_dir).startswith("seed")
+  eval_dir = layout.eval_dir(run_dir) if own else os.path.join(run_dir, f"eval_seed{seed}")
+  result_path = os.path.join(eval_dir, layout.EVAL_ROW_FILE)
   if os.path.exists(result_path):
     with open(result_path, encoding="utf-8") as f:
       return json.load(f)
@@ -88,8 +90,7 @@ def evaluate_dir(config, run_dir: str, seed: int) -> dict:
                               int(config.compare.max_new_tokens))
   row = {"seed": seed, "pass@1": results["benchmarks"]["synthetic"]["pass@1"],
          f"pass@{k}": results["benchmarks"]["synthetic"][f"pass@{k}"], "greedy_accuracy": greedy}
-  with open(result_path, "w", encoding="utf-8") as f:
-    json.dump(row, f)
+  atomic.write_json(result_path, row, indent=None)
   return row
 
 

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from rankjax.rundir import layout, progress
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASES = ("start-up", "step", "checkpoint write")
 WALL_CLOCK_KEYS = ("tokens_per_second", "model_tflops_per_device", "mfu")
@@ -77,7 +79,7 @@ def launch(cmd: list[str], log_path: str) -> subprocess.Popen:
 def logged_steps(workdir: str) -> int:
   """Complete rows in WORKDIR/metrics.jsonl."""
   try:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(layout.metrics_path(workdir), encoding="utf-8") as f:
       return sum(1 for line in f if line.endswith("\n"))
   except FileNotFoundError:
     return 0
@@ -85,14 +87,12 @@ def logged_steps(workdir: str) -> int:
 
 def temporary_checkpoints(workdir: str) -> list[str]:
   """Checkpoint directories not yet committed (being written, or left by a kill)."""
-  return glob.glob(os.path.join(workdir, "checkpoints", "*.orbax-checkpoint-tmp*"))
+  return glob.glob(os.path.join(layout.checkpoints_dir(workdir), "*.orbax-checkpoint-tmp*"))
 
 
 def latest_checkpoint(workdir: str) -> int | None:
   """The latest committed step directory's step."""
-  steps = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()] \
-      if os.path.isdir(os.path.join(workdir, "checkpoints")) else []
-  return max(steps, default=None)
+  return max(progress.committed_steps(workdir), default=None)
 
 
 def _wait_until(condition, proc: subprocess.Popen, deadline: float, poll_s: float = 0.002) -> bool:
@@ -149,10 +149,10 @@ def _restore_items(workdir: str, step: int) -> dict:
   import orbax.checkpoint as ocp  # noqa: PLC0415
   out = {}
   for item in ("params", "opt_state"):
-    path = os.path.join(workdir, "checkpoints", str(step), item)
+    path = os.path.join(layout.checkpoints_dir(workdir), str(step), item)
     with ocp.StandardCheckpointer() as ckpt:
       out[item] = ckpt.restore(path)
-  data = glob.glob(os.path.join(workdir, "checkpoints", str(step), "data_iter", "*.json"))
+  data = glob.glob(os.path.join(layout.checkpoints_dir(workdir), str(step), "data_iter", "*.json"))
   out["data_iter"] = {os.path.basename(p): open(p, encoding="utf-8").read() for p in sorted(data)}
   return out
 
@@ -182,8 +182,7 @@ def differences(reference: str, candidate: str) -> list[str]:
             if fa[k].dtype != fb[k].dtype or fa[k].tobytes() != fb[k].tobytes()]
   if a["data_iter"] != b["data_iter"]:
     out.append("data iterator state differs")
-  rows = [[json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"), encoding="utf-8")]
-          for d in (reference, candidate)]
+  rows = [progress.read_metrics(d) for d in (reference, candidate)]
   steps = [[r["step"] for r in rs] for rs in rows]
   if steps[0] != steps[1]:
     out.append(f"metrics.jsonl steps: {steps[0]} vs {steps[1]}")

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from rankjax import cli, sweeps  # noqa: E402
+from rankjax.rundir import progress  # noqa: E402
 from rankjax.train.config import with_overrides  # noqa: E402
 from rankjax.train.loop import train  # noqa: E402
 
@@ -36,7 +37,7 @@ def main(argv):
   configs = [(name, with_overrides(_CONFIG.value, overrides)) for name, overrides in runs]
   for name, config in configs:
     workdir = os.path.join(_WORKDIR.value, name)
-    if sweeps.is_finished(workdir, config.total_steps):
+    if progress.is_finished(workdir, config.total_steps):
       print(f"[sweep] {name}: finished, skipped", flush=True)
       continue
     print(f"[sweep] {name}", flush=True)

@@ -5,9 +5,10 @@
 4. from that base, one fine-tuning run per method on held-out formats (loss on solutions only);
 5. greedy decoding on unseen problems, exact match of the final answer;
 6. the noise diagnostic (the paper's Table 1) on the base model: WORKDIR/noise_diagnostic/;
-7. WORKDIR/results.{md,json} and loss_curves.png; WORKDIR/report.{md,csv,json}, curves.png and metrics.png: the
-   report over the fine-tuning runs (`python -m rankjax.report WORKDIR/runs --out=WORKDIR`), which reads each
-   run's metrics.jsonl and the greedy accuracy written to WORKDIR/runs/<method>/eval/row.json.
+7. WORKDIR/results.{md,json}; WORKDIR/report.{md,csv,json}, loss_curves.png and metrics.png: the report over the
+   fine-tuning runs (`python -m rankjax.report WORKDIR/runs --out=WORKDIR`, with its curves.png named
+   loss_curves.png), which reads each run's metrics.jsonl and the greedy accuracy written to
+   WORKDIR/runs/<method>/eval/row.json.
 Every stage resumes when relaunched. Exit status: 0 when done; 75 when SIGTERM or SIGINT stopped a training stage
 after saving a checkpoint (relaunch to resume); 2 for a bad flag or config value (one line on stderr); 1 on an error.
 """
@@ -29,11 +30,12 @@ from rankjax.data import pipeline, sources, stream
 from rankjax.diagnostics import noise
 from rankjax.errors import ConfigError
 from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
+from rankjax.rundir import atomic, layout
+from rankjax.rundir.progress import read_metrics
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train.loop import train, write_config
 from rankjax.train.methods import method_overrides, parse_methods
-from rankjax.train.metrics_writer import read_metrics
 
 _FLAGS = {}
 
@@ -53,28 +55,6 @@ def methods_of(config) -> list[str]:
 def _final_metrics(workdir: str) -> dict:
   rows = read_metrics(workdir)
   return rows[-1] if rows else {}
-
-
-def plot_curves(run_dirs: dict, path: str) -> None:
-  """Training curves: the weighted loss each run minimises and its plain NLL (nats/token)."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  for name, d in run_dirs.items():
-    rows = read_metrics(d)
-    steps = [r["step"] for r in rows]
-    axes[0].plot(steps, [r["loss"] for r in rows], label=name)
-    axes[1].plot(steps, [r["mean_nll"] for r in rows], label=name)
-  axes[0].set_title("training loss (weighted, what each method minimises)")
-  axes[1].set_title("mean NLL of supervised tokens (nats)")
-  for ax in axes:
-    ax.set_xlabel("optimizer step")
-    ax.legend()
-    ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
 
 
 def _markdown(rows: list[dict], header: str) -> str:
@@ -154,26 +134,22 @@ def run(config, workdir: str) -> list[dict]:
     f.write(table)
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
     json.dump({"rows": rows, "wall_seconds": wall, "samples": samples}, f, indent=2)
-  plot_curves(run_dirs, os.path.join(workdir, "loss_curves.png"))
   runs = run_report.collect_runs([os.path.join(workdir, "runs")])
-  run_report.write_report(runs, workdir, dirs=[os.path.join(workdir, "runs")],
+  run_report.write_report(runs, workdir, dirs=[os.path.join(workdir, "runs")], file_names={"curves": "loss_curves.png"},
                           title=f"rankjax demo: report over the {len(runs)} fine-tuning runs")
   print(table, flush=True)
-  print(f"[demo] wrote {workdir}/results.md, results.json, loss_curves.png; report.md, report.csv, report.json, "
-        "curves.png, metrics.png", flush=True)
+  print(f"[demo] wrote {workdir}/results.md, results.json; report.md, report.csv, report.json, loss_curves.png, "
+        "metrics.png", flush=True)
   return rows
 
 
 def write_eval_row(run_dir: str, row: dict) -> None:
   """RUN/eval/row.json: the demo's evaluation of a fine-tuning run (greedy accuracy, eval NLL in nats per token,
   mean RankTuner weight), which `rankjax.report` reports as eval/<field>."""
-  os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
+  os.makedirs(layout.eval_dir(run_dir), exist_ok=True)
   keep = ("accuracy", "correct", "num_eval", "mean_ranktuner_weight", "eval_nll")
   out = {("greedy_accuracy" if k == "accuracy" else k): row[k] for k in keep}
-  path = os.path.join(run_dir, "eval", "row.json")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
-  os.replace(path + ".tmp", path)
+  atomic.write_json(layout.eval_row_path(run_dir), out)
 
 
 def check_demo_config(config) -> None:

@@ -12,10 +12,11 @@ are absl's, parsed by `rankjax.cli.parse_flags`: a bad one, or one the launcher 
 stderr and exit status 2.
 
 local  runs one after another (output on the terminal), or --parallel=N at a time (each into
-       SWEEPDIR/NAME/launch.log). A finished run (metrics.jsonl has its total_steps, or checkpoints/<total_steps>
-       exists) is skipped: `[sweep] NAME: finished, skipped`; an unfinished one is relaunched and resumes. A run that
-       exits 75 (preempted: SIGTERM/SIGINT, checkpoint saved) is reported and no new run starts. Exit status 1 if a
-       run failed, 75 if one was preempted or not started, else 0.
+       SWEEPDIR/NAME/launch.log). A finished run (`rankjax.rundir.progress.is_finished`: a committed checkpoint
+       of its total_steps, or without checkpoints a metrics row of it) is skipped: `[sweep] NAME: finished, skipped`;
+       an unfinished one is relaunched and resumes. A run that exits 75 (preempted: SIGTERM/SIGINT, checkpoint
+       saved) is reported and no new run starts. Exit status 1 if a run failed, 75 if one was preempted or not
+       started, else 0.
 slurm  writes SWEEPDIR/sweep.sbatch, one array task per unfinished run (finished ones are checked here, so
        SWEEPDIR must be on the cluster's shared file system), and submits it with `sbatch`. Each task runs its
        command through `srun` (with --distributed when --nodes > 1: jax.distributed finds SLURM's coordinator);
@@ -51,8 +52,10 @@ import types
 from absl import flags
 
 from rankjax import cli, sweeps
+from rankjax.rundir import progress
+from rankjax.rundir.exit_status import PREEMPTED_EXIT_CODE
 
-PREEMPTED = 75  # rankjax.train.preemption.PREEMPTED_EXIT_CODE (not imported: that module loads JAX)
+PREEMPTED = PREEMPTED_EXIT_CODE  # what a preempted run exits with (checkpoint saved; relaunch to resume)
 SYNC_EXCLUDE = (".git", ".venv", "venv", "workdirs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis",
                 "*.egg-info", "build", "dist", ".ipynb_checkpoints")
 SYNC_MARKER = ".rankjax-sync"  # in a staged copy; the launcher deletes only folders that hold it
@@ -77,7 +80,7 @@ def local_jobs(runs, config_path: str, sweep_dir: str, python: str, parallel: in
   """([Job of each unfinished run], [names of finished runs])."""
   jobs, finished = [], []
   for run in runs:
-    if sweeps.is_finished(run.workdir(sweep_dir), run.total_steps):
+    if progress.is_finished(run.workdir(sweep_dir), run.total_steps):
       finished.append(run.name)
       continue
     log = os.path.join(run.workdir(sweep_dir), "launch.log") if parallel > 1 else None
@@ -260,7 +263,7 @@ def launch_slurm(args, runs) -> int:
   sweep_dir = os.path.abspath(args.workdir)
   todo = []
   for run in runs:
-    if sweeps.is_finished(run.workdir(sweep_dir), run.total_steps):
+    if progress.is_finished(run.workdir(sweep_dir), run.total_steps):
       _print(f"[sweep] {run.name}: finished, skipped")
     else:
       todo.append(run)

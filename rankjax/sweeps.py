@@ -1,6 +1,6 @@
 """Sweeps declared in config files: the runs' overrides, their names, workdirs and command lines, and whether a
-run has finished. Pure Python: importing this module imports no JAX (loading a config file does, since the
-config files build on `rankjax.train.config`).
+run has finished (`is_finished`, from `rankjax.rundir.progress`). Pure Python: importing this module imports no
+JAX (loading a config file does, since the config files build on `rankjax.train.config`).
 
 A config file declares its sweep next to its defaults (big_vision's style):
 
@@ -31,9 +31,10 @@ import dataclasses
 import hashlib
 import importlib.util
 import itertools
-import json
 import os
 import re
+
+from rankjax.rundir.progress import is_finished  # noqa: F401 (re-exported: the launchers call sweeps.is_finished)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_NAME = 120
@@ -290,24 +291,3 @@ def load_sweep(config_path: str, sweep_path: str | None = None) -> list[tuple[st
   """[(name, overrides), ...] of the config file's get_sweep() (or `sweep_path`'s), every run validated
   against the config (see `plan`)."""
   return [(r.name, dict(r.overrides)) for r in plan(config_path, sweep_path)]
-
-
-# ------------------------------------------------------------------------------------------------ run progress
-
-
-def is_finished(workdir: str, total_steps: int) -> bool:
-  """True when WORKDIR/metrics.jsonl has a row with step == total_steps or checkpoints/<total_steps> exists."""
-  if os.path.isdir(os.path.join(workdir, "checkpoints", str(int(total_steps)))):
-    return True
-  try:
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue  # a torn last line
-        if isinstance(row, dict) and row.get("step") == int(total_steps):
-          return True
-  except FileNotFoundError:
-    return False
-  return False

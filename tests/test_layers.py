@@ -7,10 +7,12 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
 # errors (ConfigError) is raised by every validator, models and losses included; cli (flag parsing, the runner,
 # the multi-host start) is used by the commands, data/preview (floor 1) among them: both import no other floor.
+# rundir (the run folder's names, progress, atomic writes) is at the bottom: train/ writes the folder and the
+# launchers, sweeps and the report read it, and it imports nothing of rankjax.
 # sampling (generation on a model) sits on floor 1: it needs only models, and eval (benchmarks) and train (rollouts)
 # use it.
-FLOOR = {"errors": 0, "cli": 0, "models": 0, "losses": 0, "data": 1, "sampling": 1, "train": 2, "eval": 2,
-         "diagnostics": 2}
+FLOOR = {"errors": 0, "cli": 0, "rundir": 0, "models": 0, "losses": 0, "data": 1, "sampling": 1, "train": 2,
+         "eval": 2, "diagnostics": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

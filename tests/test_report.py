@@ -5,6 +5,8 @@ import csv
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -92,7 +94,7 @@ def test_seed_groups_and_t_interval(tmp_path):
   assert single["n"] == 1 and math.isnan(single["ci95"])
   assert [report.seed_label(r, ["seed"]) for r in groups[0].runs] == ["0", "1", "2"]
   text = report.markdown(report.build_report(runs))
-  assert "| dft | 0.001 | 3 | 0, 1, 2 | 3/3 | 2.333 ± 3.8 |" in text and "(n=1)" in text
+  assert "| dft | 0.001 | 3 | 0, 1, 2 | 3/3 | - | 2.333 ± 3.8 |" in text and "(n=1)" in text
   # --group-by pools the learning rates; --no-group: one group per run
   assert [g.n for g in report.group_runs(runs, by=["loss.name"])] == [3, 4]
   assert [g.n for g in report.group_runs(runs, group=False)] == [1] * 7
@@ -111,7 +113,7 @@ def test_shuffle_seed_and_noise_seed_are_replicates(tmp_path):
     for method in ("sft", "dft"):
       for k in (0, 1):
         overrides = {"seed": k, "data.shuffle_seed": k, "data.response_noise.seed": k, "eval.seed": k,
-                     "data.response_noise.rate": rate, "loss.name": method}
+                     "data.response_noise.rate": rate, "loss.name": method, "total_steps": 2}  # finished
         run = make_run(tmp_path / "runs" / cond / method, f"seed{k}", loss=(2.0, 1.0 + k), steps=(1, 2), **overrides)
         write_results(run / "eval", 0.25 * (k + 1))
         (run / "eval" / "row.json").write_text(json.dumps({"seed": k, "pass@1": 0.25 * (k + 1),
@@ -210,3 +212,75 @@ def test_command_options(tmp_path, capsys):
   assert report.main([str(tmp_path), "--group-by=", "--out", str(tmp_path / "pooled")]) == 0
   saved = json.loads((tmp_path / "pooled" / "report.json").read_text())
   assert [g["n"] for g in saved["groups"]] == [6] and saved["groups"][0]["label"] == "all runs"
+
+
+def test_unfinished_runs_are_left_out_of_group_statistics(tmp_path, capsys):
+  """The review finding: a run stopped at step 4 with loss 9.0 pooled with two finished runs (losses 1.0 and
+  2.0) turned 1.5 ± 6.4 into 4 ± 11. By default only finished runs enter the statistics, and every output says
+  which run was left out and why; include_unfinished / --include_unfinished counts it."""
+  make_run(tmp_path, "loss.name-sft_seed-0", loss=(3.0, 2.0, 1.0), seed=0)
+  make_run(tmp_path, "loss.name-sft_seed-1", loss=(3.0, 2.5, 2.0), seed=1)
+  make_run(tmp_path, "loss.name-sft_seed-2", loss=(9.5, 9.0), steps=(2, 4), seed=2)  # stopped at step 4
+  runs = report.collect_runs([tmp_path])
+  assert [r.finished for r in runs] == [True, True, False]
+  assert runs[2].unfinished_reason == "unfinished: step 4/30"
+  (group,) = report.group_runs(runs)
+  assert group.n == 3 and [r.name for r, _ in group.left_out()] == ["loss.name-sft_seed-2"]
+
+  finished = report.group_stats(group, ["loss"])["loss"]
+  assert finished["n"] == 2 and finished["mean"] == pytest.approx(1.5)
+  assert finished["ci95"] == pytest.approx(12.706204736 * math.sqrt(0.5) / math.sqrt(2), rel=1e-6)  # 6.35
+  pooled = report.group_stats(group, ["loss"], include_unfinished=True)["loss"]
+  assert pooled["n"] == 3 and pooled["mean"] == pytest.approx(4.0)
+  assert pooled["ci95"] == pytest.approx(T_975_2 * math.sqrt(19.0) / math.sqrt(3), rel=1e-9)  # 10.8
+
+  assert report.main([str(tmp_path), "--metrics=loss", "--out", str(tmp_path / "out")]) == 0
+  out = capsys.readouterr().out
+  assert ("[report] all runs: 1 of 3 runs left out of the statistics (loss.name-sft_seed-2: unfinished: step 4/30)"
+          in out)
+  text = (tmp_path / "out" / "report.md").read_text()
+  assert "| 3 | 0, 1, 2 | 2/3 | 1: `loss.name-sft_seed-2` (unfinished: step 4/30) | 1.5 ± 6.4 |" in text
+  assert "1 unfinished run(s) left out of 1 group(s)" in text
+  saved = json.loads((tmp_path / "out" / "report.json").read_text())
+  (g,) = saved["groups"]
+  assert g["n"] == 3 and g["n_counted"] == 2 and saved["include_unfinished"] is False
+  assert g["left_out"] == [{"run": "loss.name-sft_seed-2", "reason": "unfinished: step 4/30"}]
+  assert g["metrics"]["loss"]["mean"] == pytest.approx(1.5) and [r["in_statistics"] for r in saved["runs"]] == \
+      [True, True, False]
+  with open(tmp_path / "out" / "report.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["in_statistics"], r["left_out"]) for r in rows] == [("True", ""), ("True", ""),
+                                                                  ("False", "unfinished: step 4/30")]
+
+  assert report.main([str(tmp_path), "--metrics=loss", "--include_unfinished", "--out", str(tmp_path / "all")]) == 0
+  out = capsys.readouterr().out
+  assert "left out" not in out and "unfinished runs are counted in the statistics (--include_unfinished)" in out
+  text = (tmp_path / "all" / "report.md").read_text()
+  assert "| 3 | 0, 1, 2 | 2/3 | - | 4 ± 11 |" in text and "unfinished ones included" in text
+  saved = json.loads((tmp_path / "all" / "report.json").read_text())
+  assert saved["include_unfinished"] is True and saved["groups"][0]["left_out"] == []
+  assert saved["groups"][0]["metrics"]["loss"]["mean"] == pytest.approx(4.0)
+  built = report.write_report(runs, str(tmp_path / "api"), metrics=["loss"], include_unfinished=True)["report"]
+  assert built.stats[0]["loss"]["n"] == 3
+
+
+def test_finished_follows_the_checkpoints_when_there_are_any(tmp_path):
+  """A run whose metrics reached total_steps but whose last committed checkpoint is earlier (killed between the
+  last step's log and its checkpoint) is unfinished: relaunched, it trains that step again."""
+  run = make_run(tmp_path, "run", total_steps=30)
+  (run / "checkpoints" / "20").mkdir(parents=True)
+  (run / "checkpoints" / "30.orbax-checkpoint-tmp-1").mkdir()
+  (read,) = report.collect_runs([tmp_path])
+  assert not read.finished and read.unfinished_reason == "unfinished: step 30/30"
+  (run / "checkpoints" / "30").mkdir()
+  (read,) = report.collect_runs([tmp_path])
+  assert read.finished and read.unfinished_reason == ""
+
+
+def test_python_dash_m_rankjax_report_runs_the_command(tmp_path):
+  sweep(tmp_path, methods=("sft",), seeds=(0, 1))
+  out = subprocess.run([sys.executable, "-m", "rankjax.report", str(tmp_path), "--metrics=loss", "--no-group"],
+                       capture_output=True, text=True, timeout=120, check=False)
+  assert out.returncode == 0, out.stderr
+  assert "[report] 2 runs (0 unfinished, 0 warnings) in 2 groups" in out.stdout
+  assert (tmp_path / "report.md").is_file()

@@ -19,6 +19,7 @@ from rankjax.models import hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer, build_model
 from rankjax.models.params import abstract_params
 from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
+from rankjax.rundir import layout
 
 # Files a checkpoint directory carries besides weights and config.json; copied on export when asked.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -79,7 +80,7 @@ def resolve_init_from(path: str) -> InitFrom:
   if os.path.isfile(os.path.join(path, "config.json")) and any(
       f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path)):
     return InitFrom("hf", path)
-  if os.path.basename(os.path.normpath(path)) == "checkpoints" or os.path.isdir(os.path.join(path, "checkpoints")):
+  if layout.is_checkpoints_dir(path) or layout.has_checkpoints_dir(path):
     return InitFrom("workdir", path)
   raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors) "
                           f"nor a rankjax workdir (a directory with checkpoints/)")
@@ -97,10 +98,9 @@ def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> N
   restore then names the checkpoint). resuming=True: `init_from` is the run's own workdir, about to be resumed."""
   if not init_from:
     return
-  path = os.path.normpath(os.path.expanduser(init_from))
-  workdir = os.path.dirname(path) if os.path.basename(path) == "checkpoints" else path
-  run_file = os.path.join(workdir, "config.json")
-  if not (os.path.isdir(os.path.join(workdir, "checkpoints")) and os.path.isfile(run_file)):
+  workdir = layout.workdir_of(os.path.expanduser(init_from))
+  run_file = layout.config_path(workdir)
+  if not (layout.has_checkpoints_dir(workdir) and os.path.isfile(run_file)):
     return
   try:
     with open(run_file, encoding="utf-8") as f:

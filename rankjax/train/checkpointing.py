@@ -15,6 +15,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from rankjax.rundir import layout
+from rankjax.rundir.progress import committed_steps  # noqa: F401 (re-exported: its users import it from here)
+
 
 DATA_ITEM = "data_iter"
 
@@ -31,7 +34,7 @@ def make_manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.
                                          enable_async_checkpointing=async_writes)
   names = ("params", "opt_state", "meta", DATA_ITEM)
   handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()}
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+  return ocp.CheckpointManager(os.path.abspath(layout.checkpoints_dir(workdir)), options=options,
                                item_names=names, item_handlers=handlers)
 
 
@@ -132,25 +135,9 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
   return state, dict(out["meta"])
 
 
-def _checkpoints_dir(checkpoint_dir: str) -> str:
-  """A run's checkpoints/ folder, given the run's workdir or that folder itself."""
-  if os.path.basename(os.path.normpath(checkpoint_dir)) == "checkpoints":
-    return checkpoint_dir
-  return os.path.join(checkpoint_dir, "checkpoints")
-
-
-def committed_steps(checkpoint_dir: str) -> list[int]:
-  """The steps with a committed (renamed into place) checkpoint in a run's workdir or checkpoints/, read from the
-  directory listing alone: no CheckpointManager, so no cross-process barrier (safe when a process is dead)."""
-  directory = _checkpoints_dir(checkpoint_dir)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
-
-
 def latest_step(checkpoint_dir: str) -> int | None:
   """The step of the latest finished checkpoint of a run (its workdir or checkpoints/), None when none."""
-  directory = _checkpoints_dir(checkpoint_dir)
+  directory = layout.checkpoints_dir(checkpoint_dir)
   if not os.path.isdir(directory):
     return None
   with ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta")) as manager:
@@ -159,7 +146,7 @@ def latest_step(checkpoint_dir: str) -> int | None:
 
 def restore_params(checkpoint_dir: str, like_params):
   """Parameters of the latest checkpoint in `checkpoint_dir` (a run's workdir or its checkpoints/)."""
-  directory = _checkpoints_dir(checkpoint_dir)
+  directory = layout.checkpoints_dir(checkpoint_dir)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
                             f"*.safetensors) nor a rankjax workdir (no checkpoint directory at {directory})")

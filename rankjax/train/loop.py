@@ -16,6 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rankjax import models
 from rankjax.models import flops
 from rankjax.data import stream
+from rankjax.rundir import atomic, layout
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
 from rankjax.train import preemption
@@ -36,10 +37,7 @@ def write_config(config, workdir: str) -> None:
   """Writes `config` to WORKDIR/config.json (process 0 only; a temporary file renamed into place, so a kill
   never leaves half a file)."""
   if is_lead_process():
-    path = os.path.join(workdir, "config.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(path + ".tmp", path)
+    atomic.write_text(layout.config_path(workdir), config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")

@@ -8,6 +8,9 @@ import os
 
 import numpy as np
 
+from rankjax.rundir import atomic, layout
+from rankjax.rundir.progress import read_metrics  # noqa: F401 (re-exported: its users import it from here)
+
 
 def _import_summary_writer():
   """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch when it is installed (2.4 s
@@ -28,13 +31,13 @@ class MetricsWriter:
   """Appends step metrics; on resume from step k, drops lines with step > k so each step appears once."""
 
   def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = layout.metrics_path(workdir)
     self._truncate_after(resume_step)
     self._file = open(self.path, "a", encoding="utf-8")
     self._tb = None
     if tensorboard:
       SummaryWriter = _import_summary_writer()
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(layout.tensorboard_dir(workdir))
 
   def _truncate_after(self, step: int) -> None:
     """Keeps the rows of steps <= `step`; a last line cut short by a kill is dropped. The file is replaced by
@@ -53,9 +56,7 @@ class MetricsWriter:
         raise ValueError(f"{self.path}, line {i + 1}: not a JSON object ({e}); move the file aside to resume") from e
       if row.get("step", 0) <= step:
         rows.append(line if line.endswith("\n") else line + "\n")
-    with open(self.path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(rows)
-    os.replace(self.path + ".tmp", self.path)
+    atomic.write_lines(self.path, rows)
 
   def write(self, step: int, metrics: dict) -> dict:
     """Writes `metrics` (scalars) for `step`; returns the row as written."""
@@ -96,8 +97,3 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
 
-
-def read_metrics(workdir: str) -> list[dict]:
-  """All rows of WORKDIR/metrics.jsonl."""
-  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]

@@ -7,6 +7,7 @@ import os
 from rankjax.data import sources
 from rankjax.eval import harness
 from rankjax.eval.grading import GradingPool
+from rankjax.rundir import layout
 
 
 class PeriodicEval:
@@ -33,7 +34,7 @@ class PeriodicEval:
 
   def __call__(self, params, step: int) -> dict:
     """Returns {"eval/<benchmark>/pass@k": value, ...} of `params` after `step` steps ({} off process 0)."""
-    out_dir = os.path.join(self.workdir, "eval", f"step_{step}")
+    out_dir = layout.eval_step_dir(self.workdir, step)
     results = harness.run_eval(self.model, params, self.formatter, self.problems, self.config, self.mesh,
                                out_dir=out_dir, extra_settings={"step": step}, grading_pool=self.pool)
     return harness.flat_metrics(results)

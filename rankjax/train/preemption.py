@@ -21,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-# EX_TEMPFAIL from sysexits.h: "a temporary failure; retry later". A launcher (SLURM --requeue, a TPU
-# queued resource, a shell loop) relaunches the same command to resume.
-PREEMPTED_EXIT_CODE = 75
+from rankjax.rundir.exit_status import PREEMPTED_EXIT_CODE
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 

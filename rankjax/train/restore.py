@@ -14,6 +14,7 @@ from rankjax import models
 from rankjax.data import sources
 from rankjax.data.hf_tokenizer import HFTokenizer
 from rankjax.data.tokenizer import load_tokenizer
+from rankjax.rundir import layout
 from rankjax.train import checkpointing
 
 
@@ -31,7 +32,7 @@ class Checkpoint:
 
 
 def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
+  path = layout.config_path(workdir)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint {workdir}: no config.json (is it a rankjax workdir?)")
   with open(path, encoding="utf-8") as f:
@@ -68,9 +69,7 @@ def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
     model = models.build_hf_model(init.path, dtype or "bfloat16")
     params = models.load_params(model, init.path, mesh)
     return Checkpoint(model, params, load_tokenizer(init.path), describe={"checkpoint": os.path.abspath(init.path)})
-  workdir = init.path[:-len("checkpoints")] if os.path.basename(os.path.normpath(init.path)) == "checkpoints" \
-      else init.path
-  workdir = os.path.normpath(workdir)
+  workdir = layout.workdir_of(init.path)
   run = _read_run_config(workdir)
   model_config = models.default_config()
   model_config.update(dict(run.model))

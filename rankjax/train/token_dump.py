@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from rankjax.losses.reduction import DUMP_PREFIX
+from rankjax.rundir import atomic
 
 DUMP_DIR = "token_dumps"
 # Fields of a record beyond step/sequence/position/token: units are probabilities, bits and ranks (1 = top).
@@ -51,11 +52,7 @@ def write_token_dump(workdir: str, step: int, dump: dict, decode) -> str:
   """Writes `token_records` to WORKDIR/token_dumps/step_<N>.jsonl (renamed into place); returns the path."""
   path = dump_path(workdir, step)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    for rec in token_records(step, dump, decode):
-      f.write(json.dumps(rec) + "\n")
-  os.replace(path + ".tmp", path)
-  return path
+  return atomic.write_lines(path, (json.dumps(rec) + "\n" for rec in token_records(step, dump, decode)))
 
 
 def read_token_dump(path: str) -> list[dict]:
