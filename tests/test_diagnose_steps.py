@@ -48,7 +48,8 @@ def test_schemes_compute_only_what_their_weights_need(name, form, needs):
   config = loss_config(name=name, form=form, diagnostics=False)
   z, t = _logits()
   h, w = z.reshape(-1, z.shape[-1]), jnp.eye(z.shape[-1])
-  stats, _ = losses.linear_token_stats(h, w, t.reshape(-1), token_chunk=5, **stats_options(config))
+  stats, _ = jax.jit(lambda h, w, t: losses.linear_token_stats(h, w, t, token_chunk=5, **stats_options(config)))(
+      h, w, t.reshape(-1))  # jitted: op by op, the fused statistics compile far more
   computed = {k for k in ("entropy_bits", "rank", "expected_rank") if stats[k] is not None}
   assert computed == needs
   assert {k for k in ("entropy_bits", "rank", "expected_rank") if stats_options(loss_config(name=name, form=form))[
@@ -74,7 +75,8 @@ def test_undiagnosed_call_has_the_same_loss_and_gradient(fused, name, form):
   run = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
   (loss_on, aux_on), grads_on = run(h, w, jnp.bool_(True))
   (loss_off, aux_off), grads_off = run(h, w, jnp.bool_(False))
-  (loss_static, aux_static), _ = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(h, w, None)
+  (loss_static, aux_static), _ = jax.jit(jax.value_and_grad(lambda h, w: f(h, w, None), argnums=(0, 1),
+                                                            has_aux=True))(h, w)  # diagnose=None: a Python constant
   np.testing.assert_allclose(loss_on, loss_off, rtol=1e-6)
   np.testing.assert_allclose(loss_on, loss_static, rtol=1e-6)
   for a, b in zip(grads_on, grads_off):

@@ -37,13 +37,17 @@ def _rows(kind, v, n=16, seed=0):
   raise ValueError(kind)
 
 
+# Jitted, as in training: one compilation per (V, delta) shared by the row kinds (op by op, each call compiles many).
+_histogram = jax.jit(er.expected_rank_by_histogram, static_argnums=(2, 3))
+
+
 @pytest.mark.parametrize("kind", ["normal", "zipf", "ties", "peaked", "bin-edges"])
 @pytest.mark.parametrize("v,delta", [(7, 0.01), (1000, 0.01), (32000, 0.01), (32000, 0.1)])
 def test_histogram_interval_contains_exact_and_error_within_bound(kind, v, delta):
   z = _rows(kind, v).astype(np.float32)
   exact = ref.expected_rank(z.astype(np.float64))
   lse = jnp.asarray(np.log(np.exp(z.astype(np.float64) - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1), jnp.float32)
-  est, lo, hi = (np.asarray(x, np.float64) for x in er.expected_rank_by_histogram(jnp.asarray(z), lse, delta, 40.0))
+  est, lo, hi = (np.asarray(x, np.float64) for x in _histogram(jnp.asarray(z), lse, delta, 40.0))
   assert np.all(lo <= exact) and np.all(exact <= hi), (lo, exact, hi)
   bound = math.tanh(delta / 2) + 2 * er.ROUNDING_SLACK
   assert np.all(np.abs(est - exact) <= bound * exact), np.max(np.abs(est - exact) / exact)
@@ -125,7 +129,7 @@ def test_histogram_estimate_of_flat_row_is_exact(v):
   delta = 0.01
   z = jnp.zeros((2, v), jnp.float32)
   lse = jnp.full((2,), math.log(v), jnp.float32)
-  est, _, _ = jax.jit(er.expected_rank_by_histogram, static_argnums=(2, 3))(z, lse, delta, 40.0)
+  est, _, _ = _histogram(z, lse, delta, 40.0)
   np.testing.assert_allclose(est, (v + 1) / 2, rtol=5e-5)
 
 

@@ -2,6 +2,7 @@
 under jit, non-finite values and bad target ids off the mask, out-of-range targets on it, and the
 named errors for shapes and masks the loss does not define."""
 
+import functools
 import re
 
 import jax
@@ -34,9 +35,23 @@ def _loss_fn(path, config, targets, mask):
 
 
 def _value_and_grads(path, config, h, w, targets, mask):
+  """(loss, (d hidden, d kernel)), jitted with targets and mask closed over (constants)."""
   fn = jax.value_and_grad(_loss_fn(path, config, targets, mask), argnums=(0, 1), has_aux=True)
   (loss, _), grads = jax.jit(fn)(h, w)
   return loss, grads
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_value_and_grads(path, name):
+  """jit((h, w, targets, mask) -> (loss, (d hidden, d kernel))) for scheme `name` with token_chunk 4: targets and
+  mask are traced arguments (as in the train step), so one compilation serves every test and input of a path."""
+  config = loss_config(name=name, token_chunk=4)
+
+  def fn(h, w, targets, mask):
+    (loss, _), grads = jax.value_and_grad(lambda h, w: _loss_fn(path, config, targets, mask)(h, w), argnums=(0, 1),
+                                          has_aux=True)(h, w)
+    return loss, grads
+  return jax.jit(fn)
 
 
 PATHS = ["dense", "fused"]
@@ -48,9 +63,8 @@ PATHS = ["dense", "fused"]
 def test_numpy_mask_and_targets_work_under_jit(path):
   """NumPy (closed-over) mask and targets: the fused path once raised TracerArrayConversionError."""
   h, w, targets, mask = _inputs()
-  config = loss_config(name="ranktuner", token_chunk=4)
-  got = _value_and_grads(path, config, h, w, targets, mask)
-  want = _value_and_grads(path, config, h, w, jnp.asarray(targets), jnp.asarray(mask))
+  got = _value_and_grads(path, loss_config(name="ranktuner", token_chunk=4), h, w, targets, mask)
+  want = _compiled_value_and_grads(path, "ranktuner")(h, w, targets, mask)  # traced arguments
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got, want)
 
 
@@ -64,70 +78,78 @@ def test_list_targets_and_mask_are_accepted():
 # ------------------------------------------------------------- non-finite values off the mask
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("path", PATHS + ["fused_uncompacted"])
-def test_nonfinite_values_off_the_mask_leave_loss_and_gradients_unchanged(path, bad):
+def test_nonfinite_values_off_the_mask_leave_loss_and_gradients_unchanged(path):
   """NaN/inf at unsupervised rows: the logits (dense: e.g. an overflowing head) or the hidden
   states (fused). The loss is finite, and loss and gradients equal those with finite values there
-  (they once gave an all-NaN kernel gradient, 0 * NaN)."""
+  (they once gave an all-NaN kernel gradient, 0 * NaN). The poison is an argument of one compiled
+  function, so NaN, +inf and -inf and the finite baseline share one compilation per path."""
   h, w, targets, mask = _inputs()
   config = loss_config(name="ranktuner", token_chunk=4, expected_rank="histogram",
                        compact_tokens=path != "fused_uncompacted")
   off = np.argwhere(mask == 0)
   assert len(off) >= 2
-  poison = np.zeros((B, T, V if path == "dense" else D), np.float32)
-  poison[off[0][0], off[0][1], :] = bad  # a whole row
-  poison[off[1][0], off[1][1], 3] = bad  # one element
 
-  def run(poison):
+  def fn(h, w, poison):
     if path == "dense":
-      fn = lambda h, w: losses.weighted_loss(  # noqa: E731
-          jnp.dot(h, w, preferred_element_type=jnp.float32) + poison, targets, mask, config)
-    else:
-      fn = lambda h, w: losses.linear_weighted_loss(h + poison, w, targets, mask, config)  # noqa: E731
-    (loss, _), grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))(h, w)
-    return loss, grads
+      return losses.weighted_loss(jnp.dot(h, w, preferred_element_type=jnp.float32) + poison, targets, mask, config)
+    return losses.linear_weighted_loss(h + poison, w, targets, mask, config)
 
-  loss, (gh, gw) = run(poison)
-  want_loss, (want_gh, want_gw) = run(np.zeros_like(poison))
-  assert np.isfinite(loss) and np.all(np.isfinite(gh)) and np.all(np.isfinite(gw))
-  np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
-  np.testing.assert_allclose(gw, want_gw, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(gh, want_gh, rtol=1e-5, atol=1e-7)
-  assert not np.any(np.asarray(gh)[mask == 0])
+  run = jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))
+  shape = (B, T, V if path == "dense" else D)
+  (want_loss, _), (want_gh, want_gw) = run(h, w, np.zeros(shape, np.float32))
+  for bad in (np.nan, np.inf, -np.inf):
+    poison = np.zeros(shape, np.float32)
+    poison[off[0][0], off[0][1], :] = bad  # a whole row
+    poison[off[1][0], off[1][1], 3] = bad  # one element
+    (loss, _), (gh, gw) = run(h, w, poison)
+    assert np.isfinite(loss) and np.all(np.isfinite(gh)) and np.all(np.isfinite(gw)), bad
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6, err_msg=str(bad))
+    np.testing.assert_allclose(gw, want_gw, rtol=1e-5, atol=1e-7, err_msg=str(bad))
+    np.testing.assert_allclose(gh, want_gh, rtol=1e-5, atol=1e-7, err_msg=str(bad))
+    assert not np.any(np.asarray(gh)[mask == 0]), bad
 
 
 # -------------------------------------------------------------------------- target ids
 
 
-@pytest.mark.parametrize("bad_id", [-1, V, -100])
+@functools.lru_cache(maxsize=None)
+def _compiled_loss(path, name):
+  """jit((h, w, targets, mask) -> loss) for scheme `name` with token_chunk 4, forward only; targets and mask traced."""
+  config = loss_config(name=name, token_chunk=4)
+  return jax.jit(lambda h, w, targets, mask: _loss_fn(path, config, targets, mask)(h, w)[0])
+
+
 @pytest.mark.parametrize("path", PATHS)
-def test_out_of_range_supervised_target_under_jit_makes_loss_nan(path, bad_id):
+def test_out_of_range_supervised_target_under_jit_makes_loss_nan(path):
   """Under jit (no eager check) a supervised id outside [0, V) gives a NaN loss (the train step then
   refuses the update), never the loss of a wrapped id such as V - 1 for -1."""
   h, w, targets, mask = _inputs()
-  targets[0, 0] = bad_id
   for name in ("sft", "ranktuner", "talr", "eaft"):
-    config = loss_config(name=name, token_chunk=4)
-    loss = jax.jit(lambda h, w: _loss_fn(path, config, targets, mask)(h, w)[0])(h, w)
-    assert np.isnan(loss), (name, loss)
+    run = _compiled_loss(path, name)  # one compilation per scheme and path for the three ids
+    for bad_id in (-1, V, -100):
+      bad = targets.copy()
+      bad[0, 0] = bad_id
+      loss = run(h, w, bad, mask)
+      assert np.isnan(loss), (name, bad_id, loss)
 
 
-@pytest.mark.parametrize("bad_id", [-1, V])
-def test_out_of_range_target_gradients_agree_between_dense_and_fused(bad_id):
+def test_out_of_range_target_gradients_agree_between_dense_and_fused():
   """The fused backward pass is the derivative of its forward pass: no one-hot for an id outside
   [0, V) (the dense path's autodiff does the same), and nothing of the wrapped id V - 1."""
   h, w, targets, mask = _inputs()
-  targets[0, 0] = bad_id
-  config = loss_config(name="sft", token_chunk=4)  # sft: weight 1, so the gradient stays finite
-  _, (gh_d, gw_d) = _value_and_grads("dense", config, h, w, targets, mask)
-  _, (gh_f, gw_f) = _value_and_grads("fused", config, h, w, targets, mask)
-  np.testing.assert_allclose(gh_f, gh_d, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(gw_f, gw_d, rtol=1e-5, atol=1e-7)
-  wrapped = targets.copy()
-  wrapped[0, 0] = bad_id % V
-  _, (_, gw_wrapped) = _value_and_grads("fused", config, h, w, wrapped, mask)
-  assert not np.allclose(gw_f, gw_wrapped, rtol=1e-5, atol=1e-7)
+  dense, fused = _compiled_value_and_grads("dense", "sft"), _compiled_value_and_grads("fused", "sft")
+  for bad_id in (-1, V):  # sft: weight 1, so the gradient stays finite
+    bad = targets.copy()
+    bad[0, 0] = bad_id
+    _, (gh_d, gw_d) = dense(h, w, bad, mask)
+    _, (gh_f, gw_f) = fused(h, w, bad, mask)
+    np.testing.assert_allclose(gh_f, gh_d, rtol=1e-5, atol=1e-7, err_msg=str(bad_id))
+    np.testing.assert_allclose(gw_f, gw_d, rtol=1e-5, atol=1e-7, err_msg=str(bad_id))
+    wrapped = targets.copy()
+    wrapped[0, 0] = bad_id % V
+    _, (_, gw_wrapped) = fused(h, w, wrapped, mask)
+    assert not np.allclose(gw_f, gw_wrapped, rtol=1e-5, atol=1e-7), bad_id
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -137,9 +159,9 @@ def test_out_of_range_targets_off_the_mask_are_ignored_under_jit(path):
   padded = targets.copy()
   padded[tuple(off[0])] = -100
   padded[tuple(off[1])] = V + 5
-  config = loss_config(name="ranktuner", token_chunk=4)
-  got = _value_and_grads(path, config, h, w, padded, mask)
-  want = _value_and_grads(path, config, h, w, targets, mask)
+  run = _compiled_value_and_grads(path, "ranktuner")
+  got = run(h, w, padded, mask)
+  want = run(h, w, targets, mask)
   assert np.isfinite(got[0])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), got, want)
 
