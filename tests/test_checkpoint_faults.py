@@ -15,6 +15,7 @@ from experiments import fault_injection as fi
 from rankjax.train import loop
 from rankjax.train.metrics_writer import MetricsWriter, read_metrics
 from tests.helpers import tiny_run_config
+from tests.shared_runs import copy_of_three_steps
 
 
 @contextlib.contextmanager
@@ -36,26 +37,14 @@ def _unwritable(path: str):
       os.chmod(path, 0o755)
 
 
-@pytest.fixture(scope="module")
-def two_steps(tmp_path_factory) -> str:
-  """A finished 2-step tiny run (checkpoint 2); tests copy it before changing anything."""
-  workdir = str(tmp_path_factory.mktemp("two_steps") / "run")
-  loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
-  return workdir
-
-
-def _copy(two_steps, tmp_path) -> str:
-  return shutil.copytree(two_steps, str(tmp_path / "run"))
-
-
-def test_unwritable_checkpoint_folder_fails_before_the_first_step(two_steps, tmp_path):
-  workdir = _copy(two_steps, tmp_path)
+def test_unwritable_checkpoint_folder_fails_before_the_first_step(tmp_path):
+  workdir = copy_of_three_steps(tmp_path)
   checkpoints = os.path.join(workdir, "checkpoints")
   with _unwritable(checkpoints):
     with pytest.raises(PermissionError, match=f"cannot write checkpoints to {checkpoints}.*Nothing was trained"):
-      loop.train(tiny_run_config(total_steps=4, checkpoint_every=2), workdir)
-  assert [r["step"] for r in read_metrics(workdir)] == [1, 2]
-  loop.train(tiny_run_config(total_steps=4, checkpoint_every=2), workdir)  # permissions back: it resumes
+      loop.train(tiny_run_config(total_steps=4), workdir)
+  assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3]
+  loop.train(tiny_run_config(total_steps=4), workdir)  # permissions back: it resumes
   assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4]
 
 
@@ -101,20 +90,20 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path):
     MetricsWriter(str(tmp_path), resume_step=2, tensorboard=False)
 
 
-def test_resuming_a_workdir_with_another_model_size_names_the_fields(two_steps, tmp_path):
-  workdir = _copy(two_steps, tmp_path)
+def test_resuming_a_workdir_with_another_model_size_names_the_fields(tmp_path):
+  workdir = copy_of_three_steps(tmp_path)
   before = open(os.path.join(workdir, "config.json")).read()
   with pytest.raises(ValueError, match=r"workdir .*run holds checkpoints of a model with other parameter shapes "
                                        r"\(model.hidden_size=32 there, 64 here"):
     loop.train(tiny_run_config(total_steps=4, **{"model.hidden_size": 64}), workdir)
   assert open(os.path.join(workdir, "config.json")).read() == before  # the run's record is untouched
-  assert fi.latest_checkpoint(workdir) == 2
+  assert fi.latest_checkpoint(workdir) == 3
 
 
-def test_checkpoint_without_data_state_is_refused(two_steps, tmp_path):
-  workdir = _copy(two_steps, tmp_path)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", "2", "data_iter"))
-  with pytest.raises(RuntimeError, match=r"checkpoints/2 has no data iterator state, so the data position cannot be "
+def test_checkpoint_without_data_state_is_refused(tmp_path):
+  workdir = copy_of_three_steps(tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "3", "data_iter"))
+  with pytest.raises(RuntimeError, match=r"checkpoints/3 has no data iterator state, so the data position cannot be "
                                          r"resumed exactly"):
-    loop.train(tiny_run_config(total_steps=4, checkpoint_every=2), workdir)
-  assert fi.latest_checkpoint(workdir) == 2
+    loop.train(tiny_run_config(total_steps=4), workdir)
+  assert fi.latest_checkpoint(workdir) == 3

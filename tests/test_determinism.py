@@ -13,13 +13,13 @@ from rankjax import models
 from rankjax.data import stream
 from rankjax.train import loop, preemption
 from tests.helpers import tiny_run_config
+from tests.shared_runs import THREE_STEPS, three_steps
 
 
 def test_same_config_and_seed_give_bit_identical_runs(tmp_path):
-  a, b = str(tmp_path / "a"), str(tmp_path / "b")
-  for workdir in (a, b):
-    loop.train(tiny_run_config(total_steps=4, checkpoint_every=2), workdir)
-  assert fi.differences(a, b) == []
+  b = str(tmp_path / "b")
+  loop.train(tiny_run_config(**THREE_STEPS), b)
+  assert fi.differences(three_steps(), b) == []  # the shared run: trained earlier in this process, or just now
 
 
 def test_another_seed_changes_the_data_order_and_the_init(tmp_path):
@@ -49,12 +49,12 @@ def test_a_stop_request_saves_that_step_and_raises_preempted(tmp_path, monkeypat
   monkeypatch.setattr(preemption.PreemptionWatch, "should_stop", lambda self, step: step == 2)
   workdir = str(tmp_path / "run")
   with pytest.raises(preemption.Preempted, match="stopped after step 2, checkpoint of step 2 saved") as info:
-    loop.train(tiny_run_config(total_steps=6, checkpoint_every=4), workdir)
+    loop.train(tiny_run_config(total_steps=3, checkpoint_every=3), workdir)  # step 2 is no checkpoint step
   assert info.value.step == 2
   assert fi.latest_checkpoint(workdir) == 2 and fi.logged_steps(workdir) == 2
   monkeypatch.undo()
-  loop.train(tiny_run_config(total_steps=6, checkpoint_every=4), workdir)
-  assert fi.logged_steps(workdir) == 6 and fi.latest_checkpoint(workdir) == 6
+  loop.train(tiny_run_config(total_steps=3, checkpoint_every=3), workdir)
+  assert fi.logged_steps(workdir) == 3 and fi.latest_checkpoint(workdir) == 3
 
 
 def test_watch_records_the_first_signal_and_gives_the_second_its_default_action():

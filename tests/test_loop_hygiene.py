@@ -39,8 +39,8 @@ def jax_tree_where(cond, a, b):
 def test_only_process_zero_writes_run_files(tmp_path, monkeypatch):
   monkeypatch.setattr(loop, "is_lead_process", lambda: False)
   workdir = str(tmp_path / "run")
-  loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
+  loop.train(tiny_run_config(total_steps=1, checkpoint_every=1), workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
   assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   assert not os.path.exists(os.path.join(workdir, "tensorboard"))
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "1"))

@@ -20,8 +20,9 @@ import pytest
 from rankjax import models
 from rankjax.data import bpe, formatting, sources, stream
 from rankjax.data.hf_tokenizer import compile_chat_template, load_hf_tokenizer
-from rankjax.train import loop, restore
+from rankjax.train import restore
 from tests.helpers import tiny_run_config
+from tests.shared_runs import three_steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PICKLE_MODULES = {"pickle", "_pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve"}
@@ -78,8 +79,7 @@ def _refuse(what):
 
 
 def test_checkpoints_load_without_pickle(tmp_path, monkeypatch):
-  workdir = tmp_path / "run"
-  loop.train(tiny_run_config(total_steps=2, checkpoint_every=2), str(workdir))
+  workdir = three_steps()  # read only
   hf_dir = tmp_path / "hf"
   model = models.build_model(tiny_run_config().model)
   shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0)))
@@ -107,7 +107,7 @@ def test_checkpoints_load_without_pickle(tmp_path, monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, loaded, saved)
   assert restore.load_checkpoint(str(hf_dir)).tokenizer.vocab_size > 0  # HF weights + tokenizer (JSON)
   checkpoint = restore.load_checkpoint(str(workdir))  # Orbax params, the run's config.json and tokenizer
-  assert checkpoint.describe["checkpoint_step"] == 2
+  assert checkpoint.describe["checkpoint_step"] == 3
   assert jax.tree.leaves(checkpoint.params)[0].shape[0] > 0
 
 

@@ -19,6 +19,7 @@ from rankjax.train.metrics_writer import read_metrics
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
 from rankjax.train.train_step import make_train_step
 from tests.helpers import tiny_run_config
+from tests.shared_runs import copy_of_three_steps
 
 
 def _batch(rng, a, b, t, v):
@@ -62,28 +63,71 @@ def _assert_trees_close(a, b, rtol=2e-5, atol=1e-6):
     np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), rtol=rtol, atol=atol)
 
 
-@pytest.mark.parametrize("scheme", ["sft", "ranktuner", "talr", "dft", "eaft"])
-def test_accumulation_equals_one_big_batch(scheme):
-  config, state, step = _setup(scheme)
-  big = _batch(np.random.default_rng(0), 1, 8, 16, config.model.vocab_size)
-  micro = {k: v.reshape(4, 2, 16) for k, v in big.items()}
-  s1, m1 = jax.jit(step)(state, big)
-  s4, m4 = jax.jit(step)(state, micro)
+class _SharedSteps:
+  """One jitted train step per scheme and its single-device results, computed once for the whole module: the
+  accumulation, data-parallel, fused/dense and guard tests compare against the same runs, so each scheme compiles
+  its step once per batch shape (a 16-sequence batch whole, as 2 micro-batches of 8, and sharded) instead of
+  twice per test."""
+
+  def __init__(self):
+    self._steps, self._results = {}, {}
+
+  def setup(self, scheme):
+    """(config, initial state, jitted step) of `scheme`; `loss.token_chunk` 24 does not divide a micro-batch's 128
+    tokens, so the fused head's last chunk is ragged in every test that uses it."""
+    if scheme not in self._steps:
+      config, state, step = _setup(scheme)
+      config.loss.token_chunk = 24
+      self._steps[scheme] = config, state, jax.jit(make_train_step(
+          models.build_model(config.model), config.loss, learning_rate_schedule(config.optimizer, 10)))
+    return self._steps[scheme]
+
+  def batch(self, scheme, shape):
+    """The module's batch of 16 sequences of 16 tokens, as one batch ("whole": [1, 16, T]) or as 2 micro-batches
+    ("micro": [2, 8, T])."""
+    config = self.setup(scheme)[0]
+    whole = _batch(np.random.default_rng(0), 1, 16, 16, config.model.vocab_size)
+    return whole if shape == "whole" else {k: v.reshape(2, 8, 16) for k, v in whole.items()}
+
+  def single(self, scheme, shape):
+    """(new state, metrics) of one single-device step of `scheme` on `self.batch(scheme, shape)`."""
+    if (scheme, shape) not in self._results:
+      _, state, step = self.setup(scheme)
+      self._results[scheme, shape] = step(state, self.batch(scheme, shape))
+    return self._results[scheme, shape]
+
+
+@pytest.fixture(scope="module")
+def shared_steps():
+  return _SharedSteps()
+
+
+# The train step's accumulation, sharding and fused head are scheme-independent except where a scheme needs more than
+# per-token weights: RankTuner's rank statistics and E[R] (carried through the fused head and the histograms) and
+# TALR's whole-batch constants (a forward pre-pass over every micro-batch, all-reduced over devices). SFT, DFT and
+# EAFT weights are per-token functions of per-token statistics, the path RankTuner already takes here, and
+# tests/test_losses_*.py check each of them (fused, sharded and whole-batch) at the loss level.
+SCHEMES = ["ranktuner", "talr"]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_accumulation_equals_one_big_batch(scheme, shared_steps):
+  s1, m1 = shared_steps.single(scheme, "whole")
+  s2, m2 = shared_steps.single(scheme, "micro")
   for k in ("loss", "grad_norm", "tokens", "mean_weight", "mean_nll", "mean_expected_rank", "max_weight"):
-    np.testing.assert_allclose(m1[k], m4[k], rtol=2e-5, err_msg=k)
-  _assert_histograms_close(m1, m4)
-  _assert_trees_close(s1.params, s4.params)
+    np.testing.assert_allclose(m1[k], m2[k], rtol=2e-5, err_msg=k)
+  _assert_histograms_close(m1, m2)
+  _assert_trees_close(s1.params, s2.params)
 
 
-@pytest.mark.parametrize("scheme", ["ranktuner", "talr"])
-def test_data_parallel_sharding_equals_single_device(scheme):
-  config, state, step = _setup(scheme)
-  batch = _batch(np.random.default_rng(1), 2, 8, 16, config.model.vocab_size)
-  single_state, single = jax.jit(step)(state, batch)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_data_parallel_sharding_equals_single_device(scheme, shared_steps):
+  _, state, step = shared_steps.setup(scheme)
+  single_state, single = shared_steps.single(scheme, "micro")  # 2 micro-batches: sharded accumulation too
   mesh = Mesh(np.asarray(jax.devices()), ("data",))
-  sharded_batch = jax.device_put(batch, NamedSharding(mesh, P(None, "data")))
+  sharded_batch = jax.device_put(shared_steps.batch(scheme, "micro"), NamedSharding(mesh, P(None, "data")))
   rep_state = jax.device_put(state, NamedSharding(mesh, P()))
-  sharded_state, sharded = jax.jit(step)(rep_state, sharded_batch)
+  sharded_state, sharded = step(rep_state, sharded_batch)
   assert len(sharded_batch["inputs"].sharding.device_set) == jax.device_count()
   np.testing.assert_allclose(single["loss"], sharded["loss"], rtol=1e-5)
   _assert_histograms_close(single, sharded)
@@ -106,12 +150,13 @@ def _assert_trees_bitwise_equal(a, b, what):
         f"{what}{jax.tree_util.keystr(path)} changed"
 
 
-def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
-  config, state, step = _setup("ranktuner")
-  step = jax.jit(step)
-  warm, _ = step(state, _batch(np.random.default_rng(5), 1, 4, 8, config.model.vocab_size))
+# The guards against empty and non-finite steps live in the train step, not in a scheme: both tests use RankTuner's
+# shared step and its state after one step (non-zero Adam moments to keep).
+def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments(shared_steps):
+  _, _, step = shared_steps.setup("ranktuner")
+  warm, _ = shared_steps.single("ranktuner", "micro")
   assert any(np.any(x) for x in jax.tree.leaves(_adam_state(warm.opt_state).mu))  # non-zero moments to keep
-  batch = _batch(np.random.default_rng(2), 1, 4, 8, config.model.vocab_size)
+  batch = shared_steps.batch("ranktuner", "micro")
   batch["loss_mask"][:] = 0
   new, metrics = step(warm, batch)
   assert float(metrics["loss"]) == 0.0 and float(metrics["grad_norm"]) == 0.0
@@ -124,12 +169,11 @@ def test_empty_batch_gives_zero_loss_and_no_update_of_adam_moments():
   _assert_trees_bitwise_equal(warm.params, new.params, "params")  # no step by momentum
 
 
-def test_nonfinite_step_is_not_applied():
-  config, state, step = _setup("sft")
-  step = jax.jit(step)
-  warm, _ = step(state, _batch(np.random.default_rng(5), 1, 4, 8, config.model.vocab_size))
+def test_nonfinite_step_is_not_applied(shared_steps):
+  config, _, step = shared_steps.setup("ranktuner")
+  warm, _ = shared_steps.single("ranktuner", "micro")
   assert int(warm.step) == 1 and any(np.any(x) for x in jax.tree.leaves(_adam_state(warm.opt_state).mu))
-  batch = _batch(np.random.default_rng(3), 1, 4, 8, config.model.vocab_size)
+  batch = _batch(np.random.default_rng(3), 2, 8, 16, config.model.vocab_size)
   bad = warm.replace(params=jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), warm.params))
   new, metrics = step(bad, batch)
   assert float(metrics["nonfinite"]) == 1.0
@@ -149,8 +193,7 @@ def test_run_writes_files_and_resume_equals_uninterrupted(tmp_path):
   assert cfg["total_steps"] == 6 and cfg["loss"]["name"] == "ranktuner"
   assert os.listdir(os.path.join(straight, "tensorboard"))
 
-  resumed = str(tmp_path / "resumed")
-  loop.train(tiny_run_config(total_steps=6), resumed)
+  resumed = shutil.copytree(straight, str(tmp_path / "resumed"))  # what an identical run would have written
   # Simulate a crash after step 3: drop the last checkpoint, keep the metrics written after it.
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
   loop.train(tiny_run_config(total_steps=6), resumed)
@@ -164,16 +207,14 @@ def test_run_writes_files_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_relaunch_with_more_steps_continues(tmp_path):
-  d = str(tmp_path / "run")
-  loop.train(tiny_run_config(total_steps=3), d)
+  d = copy_of_three_steps(tmp_path)
   assert loop.train(tiny_run_config(total_steps=3), d) == {}  # already complete: nothing to do
   loop.train(tiny_run_config(total_steps=5), d)
   assert [r["step"] for r in read_metrics(d)] == [1, 2, 3, 4, 5]
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
-  d = str(tmp_path / "run")
-  loop.train(tiny_run_config(total_steps=3), d)
+  d = copy_of_three_steps(tmp_path)
   step_dir = os.path.join(d, "checkpoints", "3", "params")
   for root, _, files in os.walk(step_dir):
     for f in files:
@@ -195,18 +236,15 @@ def test_invalid_run_config(tmp_path):
     loop.train(tiny_run_config(**{"loss.name": "focal"}), str(tmp_path / "run2"))
 
 
-@pytest.mark.parametrize("scheme", ["ranktuner", "talr"])
-def test_fused_and_dense_train_steps_agree(scheme):
-  config, state, _ = _setup(scheme)
-  model = models.build_model(config.model)
-  schedule = learning_rate_schedule(config.optimizer, 10)
-  batch = _batch(np.random.default_rng(4), 2, 4, 16, config.model.vocab_size)
-  results = {}
-  for fused in (True, False):
-    loss_config = config.loss.copy_and_resolve_references()
-    loss_config.fused, loss_config.token_chunk = fused, 24
-    results[fused] = jax.jit(make_train_step(model, loss_config, schedule))(state, batch)
-  (s1, m1), (s2, m2) = results[True], results[False]
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fused_and_dense_train_steps_agree(scheme, shared_steps):
+  config, state, _ = shared_steps.setup(scheme)
+  s1, m1 = shared_steps.single(scheme, "micro")  # fused, token_chunk 24
+  dense = config.loss.copy_and_resolve_references()
+  dense.fused = False
+  step = make_train_step(models.build_model(config.model), dense, learning_rate_schedule(config.optimizer, 10))
+  s2, m2 = jax.jit(step)(state, shared_steps.batch(scheme, "micro"))
+  assert config.loss.fused
   for k in ("loss", "grad_norm", "mean_weight", "mean_expected_rank"):
     np.testing.assert_allclose(m1[k], m2[k], rtol=1e-5, err_msg=k)
   _assert_histograms_close(m1, m2)
