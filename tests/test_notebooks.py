@@ -28,7 +28,7 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
 # Environment of every execution. Placeholders: {out} and {tfds} are fresh directories of the execution;
-# {workdir} (a rankjax workdir), {hf} (an HF checkpoint directory, the workdir's export), {jsonl} (a train.jsonl file
+# {workdir} (a rankjax workdir: tests/shared_runs.py's tiny run), {hf} (an HF checkpoint directory, the workdir's export), {jsonl} (a train.jsonl file
 # whose first record is bad) and {tokenizer} (a BPE of 300 tokens, not the checkpoint's) are built once per module
 # by the fixture `inputs`, {sweep} (a sweep folder: sft and ranktuner x 2 seeds, one run with token dumps) by
 # `sweep_inputs`; each fixture only when an execution names one of its placeholders (INPUT_FIXTURES).
@@ -68,11 +68,10 @@ def _placeholders(env: dict) -> set:
 def inputs(tmp_path_factory) -> dict:
   """The inputs the notebooks read: paths by placeholder name (see COMMON_ENV)."""
   from rankjax.data import bpe  # noqa: PLC0415 (JAX starts only when a notebook needs these)
-  from rankjax.train.loop import train  # noqa: PLC0415
-  from tests.helpers import tiny_run_config  # noqa: PLC0415
+  from tests.shared_runs import tiny_trained_run  # noqa: PLC0415
   root = tmp_path_factory.mktemp("notebook_inputs")
-  workdir, hf = root / "run", root / "run" / "hf"
-  train(tiny_run_config(total_steps=2, checkpoint_every=2, export_hf=True), str(workdir))
+  workdir = pathlib.Path(tiny_trained_run(tmp_path_factory))  # shared with other files' tests: read only
+  hf = workdir / "hf"
   assert (hf / "tokenizer.json").is_file()  # the export carries the run's own BPE
   jsonl = root / "jsonl" / "train.jsonl"
   jsonl.parent.mkdir()
@@ -88,8 +87,8 @@ def inputs(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def sweep_inputs(tmp_path_factory) -> dict:
   """{"sweep": a folder laid out as `rankjax.launch` writes a sweep}: sft and ranktuner x seeds 0 and 1, one run
-  per folder named by `sweeps.run_name`, 4 steps each, every step logged (token quantiles included); the ranktuner
-  runs also dump tokens every 2 steps (so both seeds share one program). loss.form="bound" in every run (sft ignores
+  per folder named by `sweeps.run_name`, 2 steps each (curves of two points are enough to draw), every step logged
+  (token quantiles included); the ranktuner runs also dump tokens every 2 steps (so both seeds share one program). loss.form="bound" in every run (sft ignores
   it): with the exact form's E[R_t] a ranktuner step took 1.7 s here, with the bound form 0.16 s. Two programs to
   compile (sft, ranktuner)."""
   from rankjax import sweeps  # noqa: PLC0415
@@ -98,7 +97,7 @@ def sweep_inputs(tmp_path_factory) -> dict:
   root = tmp_path_factory.mktemp("sweep")
   for overrides in sweeps.product(seed=[0, 1], **{"loss.name": ["sft", "ranktuner"]}):
     dump = {"loss.dump_tokens": 2} if overrides["loss.name"] == "ranktuner" else {}
-    config = tiny_run_config(**overrides, **dump, **{"loss.form": "bound"}, total_steps=4, checkpoint_every=4)
+    config = tiny_run_config(**overrides, **dump, **{"loss.form": "bound"}, total_steps=2, checkpoint_every=2)
     train(config, str(root / sweeps.run_name(overrides)))
   return {"sweep": str(root)}
 
