@@ -157,12 +157,13 @@ def test_kv_cache_decoding_equals_full_forward(checkpoints, family):
   model, params = models.from_pretrained(path, dtype=jnp.float32)
   ids = jnp.asarray(np.random.default_rng(1).integers(0, model.config.vocab_size, (2, 12)), jnp.int32)
   full = model.apply({"params": params}, ids)
+  # Jitted: two programs (prefill, one-token step) compile faster than the decode loop runs op by op.
+  apply = jax.jit(lambda ids, positions, cache: model.apply({"params": params}, ids, positions=positions, cache=cache))
   cache = models.init_cache(model.config, 2, 12)
-  logits, cache = model.apply({"params": params}, ids[:, :7], cache=cache)
+  logits, cache = apply(ids[:, :7], jnp.broadcast_to(jnp.arange(7, dtype=jnp.int32), (2, 7)), cache)
   steps = [logits]
   for t in range(7, 12):
-    step_logits, cache = model.apply({"params": params}, ids[:, t:t + 1],
-                                     positions=jnp.full((2, 1), t, jnp.int32), cache=cache)
+    step_logits, cache = apply(ids[:, t:t + 1], jnp.full((2, 1), t, jnp.int32), cache)
     steps.append(step_logits)
   np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
 

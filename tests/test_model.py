@@ -80,11 +80,13 @@ def test_kv_cache_decoding_matches_full_forward(default_model):
   m, p = default_model
   ids = jax.random.randint(jax.random.PRNGKey(4), (2, 9), 3, 97)
   full = m.apply({"params": p}, ids)
+  # Jitted: two programs (prefill, one-token step) compile faster than the decode loop runs op by op.
+  apply = jax.jit(lambda ids, positions, cache: m.apply({"params": p}, ids, positions=positions, cache=cache))
   cache = models.init_cache(m.config, 2, 12)
-  logits, cache = m.apply({"params": p}, ids[:, :5], cache=cache)
+  logits, cache = apply(ids[:, :5], jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5)), cache)
   steps = [logits]
   for t in range(5, 9):
-    lt, cache = m.apply({"params": p}, ids[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+    lt, cache = apply(ids[:, t:t + 1], jnp.full((2, 1), t, jnp.int32), cache)
     steps.append(lt)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-5)
   assert int(cache["index"]) == 9
