@@ -61,7 +61,6 @@ SLOW = {
     # Measured in a full `make test` (-n 2); the ranktuner / qwen2_tied / logits cases stay in the quick run.
     "tests/test_train.py::test_accumulation_equals_one_big_batch[talr]": 10,
     "tests/test_hf_interop.py::test_kv_cache_decoding_equals_full_forward[qwen3]": 9,
-    "tests/test_hf_interop.py::test_kv_cache_decoding_equals_full_forward[llama3]": 8,
     "tests/test_losses_head_loss.py::test_whole_batch_context_spans_all_micro_steps[talr-hidden_kernel]": 7,
     # Issue 12, measured on a loaded 2-core machine (2026-12).
     "tests/test_determinism.py::test_same_config_and_seed_give_bit_identical_runs": 31,

@@ -120,6 +120,7 @@ def test_bad_config_flag(tmp_path, timeouts, flag, needles):
   except subprocess.TimeoutExpired:
     pytest.fail(limit.message(f"rankjax.main {flag}"))
   assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]  # one line (rankjax.cli)
+  assert len(out.stderr.strip().splitlines()) == 1, out.stderr[-3000:]
   for needle in needles:
     assert needle in out.stderr, out.stderr[-3000:]
   assert not workdir.exists()

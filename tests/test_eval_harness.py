@@ -16,10 +16,10 @@ from rankjax.eval import benchmarks, report, samples_file, settings
 from rankjax.sampling.config import SamplingConfig
 from rankjax.sampling.keys import sample_keys
 from rankjax.sampling.static_sampler import Sampler
-from rankjax.train import loop
 from rankjax.train.config import load_config_file, with_overrides
 from rankjax.train.metrics_writer import read_metrics
 from tests.helpers import tiny_run_config
+from tests.shared_runs import TINY_RUN_OVERRIDES, tiny_trained_run
 
 
 def _eval_config(**overrides):
@@ -31,10 +31,8 @@ def _eval_config(**overrides):
 
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory):
-  """A rankjax workdir: the tiny model trained a few steps on the synthetic corpus."""
-  workdir = str(tmp_path_factory.mktemp("run"))
-  loop.train(tiny_run_config(), workdir)
-  return workdir
+  """A rankjax workdir: the tiny model trained 4 steps on the synthetic corpus, evaluated every 2 (shared_runs)."""
+  return tiny_trained_run(tmp_path_factory)
 
 
 def _samples(directory):
@@ -208,16 +206,15 @@ def test_eval_of_an_hf_checkpoint_uses_the_cot_chat_prompt(tmp_path):
   assert len(_samples(out)) == 6 and os.path.exists(os.path.join(out, "results.md"))
 
 
-def test_eval_during_training_is_logged(tmp_path):
-  workdir = str(tmp_path / "run")
-  config = tiny_run_config(**{"eval.every_steps": 3, "eval.num_problems": 4, "eval.max_new_tokens": 16,
-                              "eval.batch_size": 4, "eval.grading.workers": 1})
-  loop.train(config, workdir)
-  rows = {r["step"]: r for r in read_metrics(workdir)}
-  for step in (3, 6):
+def test_eval_during_training_is_logged(trained_workdir):
+  # The shared run is itself the run under test: evaluated every 2 of its 4 steps (shared_runs.TINY_RUN_OVERRIDES).
+  assert (TINY_RUN_OVERRIDES["eval.every_steps"], TINY_RUN_OVERRIDES["total_steps"]) == (2, 4)
+  rows = {r["step"]: r for r in read_metrics(trained_workdir)}
+  for step in (2, 4):
     assert 0 <= rows[step]["eval/synthetic/pass@1"] <= 1 and "eval/average/pass@1" in rows[step]
-  assert "eval/synthetic/pass@1" not in rows[2]
-  assert os.path.exists(os.path.join(workdir, "eval", "step_6", "results.md"))
+  for step in (1, 3):
+    assert "eval/synthetic/pass@1" not in rows[step]
+  assert os.path.exists(os.path.join(trained_workdir, "eval", "step_4", "results.md"))
 
 
 def test_entry_points_import_together():

@@ -8,17 +8,34 @@ import pytest
 from rankjax import models
 
 
-def _model(**kw):
+def _build(**kw):
   c = models.default_config()
   c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.mlp_dim = 97, 32, 2, 4, 2, 64
   for k, v in kw.items():
     c[k] = v
-  m = models.build_model(c)
+  return models.build_model(c)
+
+
+def _model(**kw):
+  m = _build(**kw)
   return m, models.init_params(m, jax.random.PRNGKey(0))
 
 
-def test_logits_shape_and_param_axes():
-  m, p = _model()
+@pytest.fixture(scope="module")
+def default_model():
+  """(model, params) of the default tiny config, initialised once for the tests that only read them."""
+  return _model()
+
+
+@pytest.fixture(scope="module")
+def plain_gradient(default_model):
+  """d(sum of logits)/d(params) on 8 ids without remat: the reference of every remat policy."""
+  m, p = default_model
+  return jax.grad(lambda p: m.apply({"params": p}, jnp.arange(8, dtype=jnp.int32)[None]).sum())(p)
+
+
+def test_logits_shape_and_param_axes(default_model):
+  m, p = default_model
   ids = jnp.arange(12, dtype=jnp.int32).reshape(2, 6)
   assert m.apply({"params": p}, ids).shape == (2, 6, 97)
   axes = models.logical_axes(m)
@@ -36,8 +53,8 @@ def test_untied_head_and_qkv_bias():
   np.testing.assert_allclose(hidden @ kernel, logits, rtol=1e-5, atol=1e-5)
 
 
-def test_causal():
-  m, p = _model()
+def test_causal(default_model):
+  m, p = default_model
   ids = jax.random.randint(jax.random.PRNGKey(1), (1, 10), 3, 97)
   full = m.apply({"params": p}, ids)
   changed = m.apply({"params": p}, ids.at[0, 7].set(5))
@@ -45,9 +62,9 @@ def test_causal():
   assert not np.allclose(full[0, 7:], changed[0, 7:])
 
 
-def test_packed_segments_do_not_attend_across():
+def test_packed_segments_do_not_attend_across(default_model):
   """Two sequences packed into one row (per-segment positions) give the logits of each alone."""
-  m, p = _model()
+  m, p = default_model
   a = jax.random.randint(jax.random.PRNGKey(2), (5,), 3, 97)
   b = jax.random.randint(jax.random.PRNGKey(3), (4,), 3, 97)
   packed = jnp.concatenate([a, b, jnp.zeros((3,), jnp.int32)])[None]
@@ -59,15 +76,17 @@ def test_packed_segments_do_not_attend_across():
   assert np.all(np.isfinite(out))  # padding rows are fully masked yet finite
 
 
-def test_kv_cache_decoding_matches_full_forward():
-  m, p = _model()
+def test_kv_cache_decoding_matches_full_forward(default_model):
+  m, p = default_model
   ids = jax.random.randint(jax.random.PRNGKey(4), (2, 9), 3, 97)
   full = m.apply({"params": p}, ids)
+  # Jitted: two programs (prefill, one-token step) compile faster than the decode loop runs op by op.
+  apply = jax.jit(lambda ids, positions, cache: m.apply({"params": p}, ids, positions=positions, cache=cache))
   cache = models.init_cache(m.config, 2, 12)
-  logits, cache = m.apply({"params": p}, ids[:, :5], cache=cache)
+  logits, cache = apply(ids[:, :5], jnp.broadcast_to(jnp.arange(5, dtype=jnp.int32), (2, 5)), cache)
   steps = [logits]
   for t in range(5, 9):
-    lt, cache = m.apply({"params": p}, ids[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
+    lt, cache = apply(ids[:, t:t + 1], jnp.full((2, 1), t, jnp.int32), cache)
     steps.append(lt)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-5)
   assert int(cache["index"]) == 9
@@ -81,19 +100,19 @@ def test_bfloat16_compute():
 
 
 @pytest.mark.parametrize("policy", ["layer", "dots_saveable"])
-def test_remat_same_gradient(policy):
-  m1, p = _model()
-  m2, _ = _model(remat=policy)
+def test_remat_same_gradient(policy, default_model, plain_gradient):
+  _, p = default_model
+  m2 = _build(remat=policy)
   ids = jnp.arange(8, dtype=jnp.int32)[None]
-  g1 = jax.grad(lambda p: m1.apply({"params": p}, ids).sum())(p)
+  g1 = plain_gradient
   g2 = jax.grad(lambda p: m2.apply({"params": p}, ids).sum())(p)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_library_attention_matches_xla_with_padding_and_packing():
-  m1, p = _model()
-  m2, _ = _model(attention_impl="dot_product_attention")
+def test_library_attention_matches_xla_with_padding_and_packing(default_model):
+  m1, p = default_model
+  m2 = _build(attention_impl="dot_product_attention")
   ids = jnp.arange(1, 11, dtype=jnp.int32)[None]
   segments = jnp.asarray([[1, 1, 1, 2, 2, 2, 2, 0, 0, 0]], jnp.int32)
   positions = jnp.asarray([[0, 1, 2, 0, 1, 2, 3, 0, 0, 0]], jnp.int32)
@@ -113,7 +132,7 @@ def test_invalid_model_config(field, value, match):
     models.build_model(c)
 
 
-def test_input_rank_error():
-  m, p = _model()
+def test_input_rank_error(default_model):
+  m, p = default_model
   with pytest.raises(ValueError, match="input_ids"):
     m.apply({"params": p}, jnp.ones((4,), jnp.int32))

@@ -14,6 +14,7 @@ from rankjax.diagnostics import families, noise_injection, noise_metrics, token_
 from rankjax.diagnostics.noise import default_config, run_noise_diagnostic
 from rankjax.diagnostics.noise_injection import NoisyExample, end_of_turn_length, inject_noise
 from tests.helpers import tiny_run_config
+from tests.shared_runs import tiny_trained_run
 
 SPECIAL = {0, 1, 2}  # <pad>, <bos>, <eos>
 EOS = 2
@@ -153,10 +154,7 @@ def test_family_scores_equal_the_library_weights_on_dense_logits():
 
 @pytest.fixture(scope="module")
 def tiny_workdir(tmp_path_factory):
-  from rankjax.train.loop import train  # noqa: PLC0415
-  workdir = str(tmp_path_factory.mktemp("noise_tiny"))
-  train(tiny_run_config(total_steps=2, checkpoint_every=2), workdir)
-  return workdir
+  return tiny_trained_run(tmp_path_factory)  # shared with the notebooks' and the eval harness's tests
 
 
 def _config(checkpoint, **overrides):

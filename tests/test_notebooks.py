@@ -1,13 +1,13 @@
 """The notebooks in notebooks/ run, and are stored without outputs.
 
-Every notebook there is executed with nbclient in a fresh kernel of this Python (the venv's), on small inputs built
-here once per module: a rankjax workdir trained for two steps, its Hugging Face export, a JSONL file and a second
-BPE tokenizer; and a sweep folder of four tiny runs. A notebook reads its inputs from RANKJAX_* environment
-variables; CASES says which ones each notebook gets (one line per case). A notebook without an entry runs once with
-only COMMON_ENV, in a scratch directory where the defaults meant for a human user (e.g. workdirs/demo) do not exist:
-one that needs inputs this file does not build fails, it is never skipped. Any error fails the test with the cell's
-source and the error; each cell has a time limit (conftest's `timeouts`, scaled by RANKJAX_TEST_TIMEOUT_SCALE). Each
-execution's time is printed (`pytest -s`).
+Every notebook there is executed with nbclient in a fresh kernel of this Python (the venv's), on small inputs built once
+per module: a rankjax workdir trained for four steps (tests/shared_runs.py, shared with other test files), its Hugging
+Face export, a JSONL file and a second BPE tokenizer; and a sweep folder of three tiny runs. A notebook reads its inputs
+from RANKJAX_* environment variables; CASES says which ones each notebook gets (one line per case). A notebook without
+an entry runs once with only COMMON_ENV, in a scratch directory where the defaults meant for a human user (e.g.
+workdirs/demo) do not exist: one that needs inputs this file does not build fails, it is never skipped. Any error fails
+the test with the cell's source and the error; each cell has a time limit (conftest's `timeouts`, scaled by
+RANKJAX_TEST_TIMEOUT_SCALE). Each execution's time is printed (`pytest -s`).
 
 To strip a notebook's outputs: `.venv/bin/python -m tests.test_notebooks notebooks/NAME.ipynb`.
 """
@@ -28,10 +28,11 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("*.ipynb"))
 
 # Environment of every execution. Placeholders: {out} and {tfds} are fresh directories of the execution;
-# {workdir} (a rankjax workdir), {hf} (an HF checkpoint directory, the workdir's export), {jsonl} (a train.jsonl file
-# whose first record is bad) and {tokenizer} (a BPE of 300 tokens, not the checkpoint's) are built once per module
-# by the fixture `inputs`, {sweep} (a sweep folder: sft and ranktuner x 2 seeds, one run with token dumps) by
-# `sweep_inputs`; each fixture only when an execution names one of its placeholders (INPUT_FIXTURES).
+# {workdir} (a rankjax workdir: tests/shared_runs.py's tiny run), {hf} (an HF checkpoint directory, the workdir's
+# export), {jsonl} (a train.jsonl file whose first record is bad) and {tokenizer} (a BPE of 300 tokens, not the
+# checkpoint's) are built once per module by the fixture `inputs`, {sweep} (a sweep folder: sft x 2 seeds and
+# ranktuner x 1, with token dumps) by `sweep_inputs`; each fixture only when an execution names one of its
+# placeholders (INPUT_FIXTURES).
 COMMON_ENV = {"HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu", "RANKJAX_OUT": "{out}", "RANKJAX_TFDS_DATA_DIR": "{tfds}"}
 # notebook -> {case: environment on top of COMMON_ENV}. A new notebook: one line here (or none if it needs no input).
 CASES = {
@@ -68,11 +69,10 @@ def _placeholders(env: dict) -> set:
 def inputs(tmp_path_factory) -> dict:
   """The inputs the notebooks read: paths by placeholder name (see COMMON_ENV)."""
   from rankjax.data import bpe  # noqa: PLC0415 (JAX starts only when a notebook needs these)
-  from rankjax.train.loop import train  # noqa: PLC0415
-  from tests.helpers import tiny_run_config  # noqa: PLC0415
+  from tests.shared_runs import tiny_trained_run  # noqa: PLC0415
   root = tmp_path_factory.mktemp("notebook_inputs")
-  workdir, hf = root / "run", root / "run" / "hf"
-  train(tiny_run_config(total_steps=2, checkpoint_every=2, export_hf=True), str(workdir))
+  workdir = pathlib.Path(tiny_trained_run(tmp_path_factory))  # shared with other files' tests: read only
+  hf = workdir / "hf"
   assert (hf / "tokenizer.json").is_file()  # the export carries the run's own BPE
   jsonl = root / "jsonl" / "train.jsonl"
   jsonl.parent.mkdir()
@@ -87,18 +87,22 @@ def inputs(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def sweep_inputs(tmp_path_factory) -> dict:
-  """{"sweep": a folder laid out as `rankjax.launch` writes a sweep}: sft and ranktuner x seeds 0 and 1, one run
-  per folder named by `sweeps.run_name`, 4 steps each, every step logged (token quantiles included); the ranktuner
-  runs also dump tokens every 2 steps (so both seeds share one program). loss.form="bound" in every run (sft ignores
+  """{"sweep": a folder laid out as `rankjax.launch` writes a sweep}: sft with seeds 0 and 1, ranktuner with seed 0
+  (so the notebook shows a group of n = 2, with its interval and band, and one of n = 1, without), one run per folder
+  named by `sweeps.run_name`, 2 steps each (curves of two points are enough to draw), every step logged (token
+  quantiles included); the ranktuner run also dumps tokens every 2 steps. loss.form="bound" in every run (sft ignores
   it): with the exact form's E[R_t] a ranktuner step took 1.7 s here, with the bound form 0.16 s. Two programs to
   compile (sft, ranktuner)."""
   from rankjax import sweeps  # noqa: PLC0415
   from rankjax.train.loop import train  # noqa: PLC0415
   from tests.helpers import tiny_run_config  # noqa: PLC0415
   root = tmp_path_factory.mktemp("sweep")
-  for overrides in sweeps.product(seed=[0, 1], **{"loss.name": ["sft", "ranktuner"]}):
+  runs = [o for o in sweeps.product(seed=[0, 1], **{"loss.name": ["sft", "ranktuner"]})
+          if o["loss.name"] == "sft" or o["seed"] == 0]
+  assert len(runs) == 3
+  for overrides in runs:
     dump = {"loss.dump_tokens": 2} if overrides["loss.name"] == "ranktuner" else {}
-    config = tiny_run_config(**overrides, **dump, **{"loss.form": "bound"}, total_steps=4, checkpoint_every=4)
+    config = tiny_run_config(**overrides, **dump, **{"loss.form": "bound"}, total_steps=2, checkpoint_every=2)
     train(config, str(root / sweeps.run_name(overrides)))
   return {"sweep": str(root)}
 
