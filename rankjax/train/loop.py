@@ -57,6 +57,12 @@ def make_run_mesh(config) -> Mesh:
   return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
+def abstract_placed_params(model, shardings) -> dict:
+  """Tree of jax.ShapeDtypeStruct of `model`'s parameters, each with its sharding from the tree `shardings`."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      models.abstract_params(model)[1], shardings)
+
+
 def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
   """Fresh TrainState placed on `mesh`: params from config.seed, or from `init` (an HF checkpoint or another
   run's workdir; default: resolved from config.init_from), optimizer state, step 0.
@@ -67,12 +73,12 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   init = models.resolve_init_from(config.init_from) if init is None else init
   if init.kind == "hf":
     params = models.load_params(model, init.path, mesh)
+  elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
+    params = checkpointing.restore_params(init.path, abstract_placed_params(model, models.model_shardings(model, mesh)))
   else:
     make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
                    out_shardings=models.model_shardings(model, mesh))
     params = make(jax.random.PRNGKey(config.seed))
-    if init.kind == "workdir":
-      params = checkpointing.restore_params(init.path, params)
   tx = make_optimizer(config.optimizer, config.total_steps)
   replicated = NamedSharding(mesh, P())
   on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)  # noqa: E731
