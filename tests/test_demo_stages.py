@@ -1,10 +1,10 @@
-"""What keeps the demo's stages short: a fine-tuning run restores its base's params without a random init, and the
-teacher-forced evaluation compiles once for every model it scores."""
+"""The demo's stage timings, and what keeps its stages short: a fine-tuning run restores its base's params without a
+random init, and the teacher-forced evaluation compiles once for every model it scores."""
 
 import jax
 import numpy as np
 
-from rankjax import losses, models
+from rankjax import demo, losses, models
 from rankjax.eval import answer_accuracy
 from rankjax.train import checkpointing, loop
 from tests.helpers import tiny_run_config
@@ -60,3 +60,13 @@ def test_teacher_forced_aux_traces_once_for_every_params_and_matches_the_one_off
   assert len(traces) == 1  # one program for both params
   assert got == expected and got[0] != got[1]
   assert {"mean_ranktuner_weight", "mean_nll"} <= set(got[0])
+
+
+def test_stage_clock_records_the_seconds_since_the_previous_lap(monkeypatch, capsys):
+  times = iter([100.0, 102.5, 110.0])
+  monkeypatch.setattr(demo.time, "time", lambda: next(times))
+  clock = demo.StageClock()
+  clock.lap("pretraining")
+  clock.lap("fine-tuning sft")
+  assert clock.seconds == {"pretraining": 2.5, "fine-tuning sft": 7.5}
+  assert "[demo] fine-tuning sft: 7.5 s" in capsys.readouterr().out
