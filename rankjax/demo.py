@@ -113,7 +113,7 @@ def run(config, workdir: str) -> list[dict]:
 
   print(f"[demo] 3/3 evaluating on {len(eval_records)} unseen problems", flush=True)
   model = models.build_model(config.model)
-  like = abstract_placed_params(model, models.model_shardings(model, make_run_mesh(config)))
+  like = abstract_placed_params(model, make_run_mesh(config))
   formatter = stream.make_formatter(config.data, tokenizer)
   eval_batch = pipeline.example_batch(eval_records, formatter, config.data.seq_len)
   diag_config = stage_config(config, **{"loss.name": "ranktuner", "loss.diagnostics": True}).loss

@@ -57,10 +57,12 @@ def make_run_mesh(config) -> Mesh:
   return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
-def abstract_placed_params(model, shardings) -> dict:
-  """Tree of jax.ShapeDtypeStruct of `model`'s parameters, each with its sharding from the tree `shardings`."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      models.abstract_params(model)[1], shardings)
+def abstract_placed_params(model, mesh: Mesh) -> dict:
+  """Tree of jax.ShapeDtypeStruct of `model`'s parameters, each with its sharding on `mesh` (as `create_state`
+  places them), e.g. to restore a checkpoint into; one abstract trace of the model, nothing computed."""
+  logical, abstract = models.abstract_params(model)
+  shardings = models.param_shardings(logical, abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
@@ -74,7 +76,7 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   if init.kind == "hf":
     params = models.load_params(model, init.path, mesh)
   elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
-    params = checkpointing.restore_params(init.path, abstract_placed_params(model, models.model_shardings(model, mesh)))
+    params = checkpointing.restore_params(init.path, abstract_placed_params(model, mesh))
   else:
     make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
                    out_shardings=models.model_shardings(model, mesh))
