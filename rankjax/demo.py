@@ -33,7 +33,7 @@ from rankjax.rundir import atomic, layout
 from rankjax.rundir.progress import read_metrics
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
-from rankjax.train.loop import abstract_placed_params, make_run_mesh, train, write_config
+from rankjax.train.loop import make_run_mesh, train, write_config
 from rankjax.train.methods import method_overrides, parse_methods
 
 _FLAGS = {}
@@ -113,7 +113,7 @@ def run(config, workdir: str) -> list[dict]:
 
   print(f"[demo] 3/3 evaluating on {len(eval_records)} unseen problems", flush=True)
   model = models.build_model(config.model)
-  like = abstract_placed_params(model, make_run_mesh(config))
+  like = checkpointing.params_target(model, make_run_mesh(config))
   formatter = stream.make_formatter(config.data, tokenizer)
   eval_batch = pipeline.example_batch(eval_records, formatter, config.data.seq_len)
   diag_config = stage_config(config, **{"loss.name": "ranktuner", "loss.diagnostics": True}).loss

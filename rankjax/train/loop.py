@@ -57,14 +57,6 @@ def make_run_mesh(config) -> Mesh:
   return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
 
 
-def abstract_placed_params(model, mesh: Mesh) -> dict:
-  """Tree of jax.ShapeDtypeStruct of `model`'s parameters, each with its sharding on `mesh` (as `create_state`
-  places them), e.g. to restore a checkpoint into; one abstract trace of the model, nothing computed."""
-  logical, abstract = models.abstract_params(model)
-  shardings = models.param_shardings(logical, abstract, mesh)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-
-
 def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
   """Fresh TrainState placed on `mesh`: params from config.seed, or from `init` (an HF checkpoint or another
   run's workdir; default: resolved from config.init_from), optimizer state, step 0.
@@ -76,7 +68,7 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   if init.kind == "hf":
     params = models.load_params(model, init.path, mesh)
   elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
-    params = checkpointing.restore_params(init.path, abstract_placed_params(model, mesh))
+    params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
   else:
     make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
                    out_shardings=models.model_shardings(model, mesh))
