@@ -20,7 +20,6 @@ import os
 import sys
 import time
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -29,12 +28,12 @@ from rankjax import report as run_report
 from rankjax.data import pipeline, sources, stream
 from rankjax.diagnostics import noise
 from rankjax.errors import ConfigError
-from rankjax.eval.answer_accuracy import answer_accuracy, teacher_forced_aux
+from rankjax.eval.answer_accuracy import answer_accuracy, make_teacher_forced_aux
 from rankjax.rundir import atomic, layout
 from rankjax.rundir.progress import read_metrics
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
-from rankjax.train.loop import train, write_config
+from rankjax.train.loop import make_run_mesh, train, write_config
 from rankjax.train.methods import method_overrides, parse_methods
 
 _FLAGS = {}
@@ -68,9 +67,24 @@ def _markdown(rows: list[dict], header: str) -> str:
   return "\n".join(lines) + "\n"
 
 
+class StageClock:
+  """Wall seconds of consecutive stages: `lap(name)` records (and prints) the seconds since the previous lap."""
+
+  def __init__(self):
+    self.seconds, self._last = {}, time.time()
+
+  def lap(self, name: str) -> None:
+    now = time.time()
+    self.seconds[name] = round(now - self._last, 1)
+    self._last = now
+    print(f"[demo] {name}: {self.seconds[name]:.1f} s", flush=True)
+
+
 def run(config, workdir: str) -> list[dict]:
-  """Runs every demo stage in `workdir`; returns the result rows (also written to results.*)."""
+  """Runs every demo stage in `workdir`; returns the result rows (also written to results.*, with the wall seconds
+  of each stage as results.json's stage_seconds)."""
   t0 = time.time()
+  clock = StageClock()
   run_config.validate(config)
   methods = methods_of(config)
   os.makedirs(workdir, exist_ok=True)
@@ -78,6 +92,7 @@ def run(config, workdir: str) -> list[dict]:
   tokenizer = stream.run_tokenizer(config, workdir, config.model.vocab_size)
   tokenizer_path = config.data.tokenizer_path or workdir
   eval_records = sources.load_records(config.data, "eval")
+  clock.lap("data and tokenizer")
 
   base_dir = os.path.join(workdir, "base")
   print(f"[demo] 1/3 pretraining the base model ({config.demo.pretrain_steps} steps) in {base_dir}", flush=True)
@@ -86,6 +101,7 @@ def run(config, workdir: str) -> list[dict]:
       "loss.name": "sft", "loss.diagnostics": False, "total_steps": config.demo.pretrain_steps,
       "checkpoint_every": max(config.demo.pretrain_steps // 2, 1),
       "optimizer.learning_rate": config.demo.pretrain_learning_rate}), base_dir)
+  clock.lap("pretraining")
 
   run_dirs = {}
   for i, method in enumerate(methods):
@@ -93,19 +109,21 @@ def run(config, workdir: str) -> list[dict]:
     print(f"[demo] 2/3 fine-tuning with {method} ({i + 1}/{len(methods)}) in {run_dirs[method]}", flush=True)
     train(stage_config(config, **method_overrides(method), **{"init_from": base_dir,
                                                              "data.tokenizer_path": tokenizer_path}), run_dirs[method])
+    clock.lap(f"fine-tuning {method}")
 
   print(f"[demo] 3/3 evaluating on {len(eval_records)} unseen problems", flush=True)
   model = models.build_model(config.model)
-  like = models.init_params(model, jax.random.PRNGKey(0), config.data.seq_len)
+  like = checkpointing.params_target(model, make_run_mesh(config))
   formatter = stream.make_formatter(config.data, tokenizer)
   eval_batch = pipeline.example_batch(eval_records, formatter, config.data.seq_len)
   diag_config = stage_config(config, **{"loss.name": "ranktuner", "loss.diagnostics": True}).loss
+  teacher_forced_aux = make_teacher_forced_aux(model, diag_config)  # one program for every model
   rows, samples = [], {}
   for method, d in {"base (no fine-tuning)": base_dir, **run_dirs}.items():
     params = checkpointing.restore_params(d, like)
     acc, examples = answer_accuracy(model, params, formatter, eval_records, config.demo.max_new_tokens,
                                     config.demo.eval_batch_size)
-    aux = teacher_forced_aux(model, params, eval_batch, diag_config)
+    aux = teacher_forced_aux(params, eval_batch)
     final = _final_metrics(d) if d != base_dir else {}
     rows.append({"method": method, "final_train_loss": final.get("loss"), "final_train_nll": final.get("mean_nll"),
                  "mean_ranktuner_weight": aux["mean_ranktuner_weight"], "eval_nll": aux["mean_nll"],
@@ -113,6 +131,7 @@ def run(config, workdir: str) -> list[dict]:
     samples[method] = examples[:3]
     if d != base_dir:  # read by the report (eval/greedy_accuracy, eval/mean_ranktuner_weight, eval/eval_nll)
       write_eval_row(d, rows[-1])
+    clock.lap(f"evaluation of {method}")
 
   noise_dir = os.path.join(workdir, "noise_diagnostic")
   print(f"[demo] noise diagnostic of the base model ({config.demo.noise_examples} fine-tuning examples) in "
@@ -122,6 +141,7 @@ def run(config, workdir: str) -> list[dict]:
   noise.run_noise_diagnostic(noise_config, noise_dir)
   with open(os.path.join(noise_dir, "results.md"), encoding="utf-8") as f:
     noise_table = f.read()
+  clock.lap("noise diagnostic")
 
   wall = time.time() - t0
   header = (f"# rankjax demo results\n\nBase: {config.demo.pretrain_steps} pretraining steps; each method "
@@ -133,7 +153,7 @@ def run(config, workdir: str) -> list[dict]:
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(table)
   with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"rows": rows, "wall_seconds": wall, "samples": samples}, f, indent=2)
+    json.dump({"rows": rows, "wall_seconds": wall, "stage_seconds": clock.seconds, "samples": samples}, f, indent=2)
   runs = run_report.collect_runs([os.path.join(workdir, "runs")])
   run_report.write_report(runs, workdir, dirs=[os.path.join(workdir, "runs")], file_names={"curves": "loss_curves.png"},
                           title=f"rankjax demo: report over the {len(runs)} fine-tuning runs")

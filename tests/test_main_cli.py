@@ -72,6 +72,9 @@ def test_demo_end_to_end_small(tmp_path, timeouts):
   for r in results["rows"]:
     assert 0.0 <= r["accuracy"] <= 1.0 and r["mean_ranktuner_weight"] > 0
   assert (tmp_path / "results.md").exists() and (tmp_path / "loss_curves.png").stat().st_size > 0
+  stages = ["data and tokenizer", "pretraining", *(f"fine-tuning {r['method']}" for r in results["rows"][1:]),
+            *(f"evaluation of {r['method']}" for r in results["rows"]), "noise diagnostic"]
+  assert list(results["stage_seconds"]) == stages and all(s >= 0 for s in results["stage_seconds"].values())
 
 
 @pytest.mark.slow

@@ -28,14 +28,24 @@ def answer_accuracy(model, params, formatter: Formatter, records, max_new_tokens
   return float(np.mean([r["correct"] for r in rows])), rows
 
 
-def teacher_forced_aux(model, params, batch: dict, loss_config) -> dict:
-  """The loss aux scalars (mean RankTuner weight, NLL, rank, ...) of `params` on one batch of
-  arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without training; the aux's arrays
-  (`loss_config.histograms`, `dump_tokens`) are left out."""
+def make_teacher_forced_aux(model, loss_config):
+  """Returns aux(params, batch) -> dict: the loss aux scalars (mean RankTuner weight, NLL in nats per token, rank,
+  ...) of `params` on one batch of arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without
+  training; the aux's arrays (`loss_config.histograms`, `dump_tokens`) are left out. One compiled program serves
+  every `params` of the same shapes (e.g. each model the demo evaluates)."""
   @jax.jit
   def run(params, batch):
     head = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"], return_hidden=losses.wants_hidden(loss_config))
     return losses.head_loss(head, batch["targets"], batch["loss_mask"], loss_config)[1]
-  aux = jax.device_get(run(params, jax.tree.map(jnp.asarray, batch)))
-  return {k: float(v) for k, v in aux.items() if np.ndim(v) == 0}  # histograms and token dumps are arrays
+
+  def aux(params, batch: dict) -> dict:
+    values = jax.device_get(run(params, jax.tree.map(jnp.asarray, batch)))
+    return {k: float(v) for k, v in values.items() if np.ndim(v) == 0}  # histograms and token dumps are arrays
+  return aux
+
+
+def teacher_forced_aux(model, params, batch: dict, loss_config) -> dict:
+  """`make_teacher_forced_aux(model, loss_config)(params, batch)` (compiles on every call: to evaluate several
+  params, make the function once)."""
+  return make_teacher_forced_aux(model, loss_config)(params, batch)

@@ -15,6 +15,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from rankjax import models
 from rankjax.rundir import layout
 from rankjax.rundir.progress import committed_steps  # noqa: F401 (re-exported: its users import it from here)
 
@@ -142,6 +143,14 @@ def latest_step(checkpoint_dir: str) -> int | None:
     return None
   with ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta")) as manager:
     return manager.latest_step()
+
+
+def params_target(model, mesh) -> dict:
+  """What `restore_params` can restore into for `model` on `mesh`: a tree of jax.ShapeDtypeStruct, each with the
+  sharding `create_state` gives that parameter; one abstract trace of the model, no random init compiled or run."""
+  logical, abstract = models.abstract_params(model)
+  shardings = models.param_shardings(logical, abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def restore_params(checkpoint_dir: str, like_params):

@@ -67,12 +67,12 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   init = models.resolve_init_from(config.init_from) if init is None else init
   if init.kind == "hf":
     params = models.load_params(model, init.path, mesh)
+  elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
+    params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
   else:
     make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
                    out_shardings=models.model_shardings(model, mesh))
     params = make(jax.random.PRNGKey(config.seed))
-    if init.kind == "workdir":
-      params = checkpointing.restore_params(init.path, params)
   tx = make_optimizer(config.optimizer, config.total_steps)
   replicated = NamedSharding(mesh, P())
   on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)  # noqa: E731

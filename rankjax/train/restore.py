@@ -76,8 +76,7 @@ def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
   if dtype:
     model_config.dtype = dtype
   model = models.build_model(model_config)
-  make = jax.jit(lambda rng: models.init_params(model, rng, 8), out_shardings=models.model_shardings(model, mesh))
-  params = checkpointing.restore_params(workdir, make(jax.random.PRNGKey(0)))
+  params = checkpointing.restore_params(workdir, checkpointing.params_target(model, mesh))
   step = checkpointing.latest_step(workdir)
   data = sources.default_config()
   data.update(dict(run.data))
