@@ -67,7 +67,7 @@ from rankjax.report.evals import PRUNE, attach_eval, eval_values, external_evals
 from rankjax.report.grouping import (BOOKKEEPING, SEED_KEYS, Group, comparable, group_runs, is_seed_key, seed_label,
                                      sort_value, varying_keys)
 from rankjax.report.json_file import report_dict
-from rankjax.report.markdown import markdown
+from rankjax.report.markdown_file import markdown
 from rankjax.report.plots import CURVE_METRICS, UNITS, plot_curves, plot_metrics
 from rankjax.report.runs import Run, collect_runs, find_run_dirs, flatten_config, read_run
 from rankjax.report.stats import DEFAULT_METRICS, available_metrics, default_metrics, group_stats, mean_ci

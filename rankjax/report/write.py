@@ -9,7 +9,7 @@ from rankjax.report.contents import build_report
 from rankjax.report.csv_file import write_csv
 from rankjax.report.grouping import BOOKKEEPING, SEED_KEYS
 from rankjax.report.json_file import report_dict
-from rankjax.report.markdown import markdown
+from rankjax.report.markdown_file import markdown
 from rankjax.report.plots import plot_curves, plot_metrics
 
 FILES = (("md", "report.md"), ("csv", "report.csv"), ("json", "report.json"), ("curves", "curves.png"),
