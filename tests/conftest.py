@@ -67,6 +67,59 @@ SLOW = {
     "tests/test_determinism.py::test_a_stop_request_saves_that_step_and_raises_preempted": 14,
     "tests/test_checkpoint_faults.py::test_unwritable_checkpoint_folder_fails_before_the_first_step": 13,
     "tests/test_security.py::test_checkpoints_load_without_pickle": 12,
+    # Issue 23: the slowest tests of a full run (seconds estimated from a loaded run, divided by 2.5), so that
+    # `-m "not slow"` stays a quick check; `make test` runs them all.
+    "tests/test_eval_harness.py::test_eval_of_a_rankjax_workdir_resumes_and_is_deterministic": 63,
+    "tests/test_compare_schemes.py::test_compare_schemes_small": 60,
+    "tests/test_engine.py::test_neighbours_change_keys_not_at_all_and_logits_only_by_rounding": 43,
+    "tests/test_notebooks.py::test_notebook_runs[compare_sweep_runs-sweep]": 34,
+    "tests/test_losses_gradient_rule.py::test_replicated_parameter_gradient_summed_by_shard_map_and_by_caller_under_pmap": 28,
+    "tests/test_diagnose_steps.py::test_train_step_update_does_not_depend_on_diagnose": 27,
+    "tests/test_eval_harness.py::test_a_sample_does_not_depend_on_its_batch": 27,
+    "tests/test_train.py::test_accumulation_equals_one_big_batch[ranktuner]": 24,
+    "tests/test_notebooks.py::test_notebook_runs[noise_diagnostic-workdir]": 24,
+    "tests/test_losses_registry.py::test_toy_scheme_trains_through_the_train_step_dense_and_fused": 22,
+    "tests/test_eval_harness.py::test_eval_during_training_is_logged": 22,
+    "tests/test_train.py::test_data_parallel_sharding_equals_single_device[ranktuner]": 21,
+    "tests/test_token_histograms.py::test_training_writes_quantiles_tensorboard_histograms_and_token_dumps": 21,
+    "tests/test_engine.py::test_per_request_settings_and_finish_reasons": 20,
+    "tests/test_notebooks.py::test_notebook_runs[inspect_token_weights-workdir]": 20,
+    "tests/test_noise_diagnostic.py::test_diagnostic_end_to_end_on_a_tiny_run": 19,
+    "tests/test_token_table.py::test_token_table_rows_match_response": 19,
+    "tests/test_engine.py::test_samples_equal_generate_tokens_with_the_same_keys_whatever_the_slots": 18,
+    "tests/test_eval_harness.py::test_eval_of_an_hf_checkpoint_uses_the_cot_chat_prompt": 18,
+    "tests/test_engine.py::test_sharded_slots_equal_single_device": 18,
+    "tests/test_train.py::test_fused_and_dense_train_steps_agree[ranktuner]": 17,
+    "tests/test_generate.py::test_sampling_deterministic_and_filters": 16,
+    "tests/test_notebooks.py::test_notebook_runs[weight_surfaces-default]": 16,
+    "tests/test_losses_head_loss.py::test_whole_batch_context_spans_all_micro_steps[ranktuner-hidden_kernel]": 16,
+    "tests/test_engine.py::test_greedy_equals_generate_on_every_family[qwen3]": 15,
+    "tests/test_losses_fused.py::test_fused_under_shard_map_equals_single_device[ranktuner-histogram]": 15,
+    "tests/test_engine.py::test_greedy_equals_generate_on_every_family[qwen2]": 14,
+    "tests/test_losses_reference.py::test_case_against_reference[v32000]": 14,
+    "tests/test_losses_reference.py::test_case_against_reference[v1000]": 13,
+    "tests/test_model.py::test_remat_same_gradient[dots_saveable]": 13,
+    "tests/test_losses_reference.py::test_case_against_reference[v2_batched]": 13,
+    "tests/test_losses_reference.py::test_bound_prob_weight_no_nan[eager]": 13,
+    "tests/test_losses_config.py::test_any_id_allowed_at_unsupervised_positions": 12,
+    "tests/test_generate.py::test_greedy_matches_full_recomputation": 12,
+    "tests/test_losses_fused.py::test_fused_empty_mask_is_zero_not_nan": 12,
+    "tests/test_model_vs_transformers.py::test_logits_match_hf_llama": 12,
+    "tests/test_losses_head_loss.py::test_head_loss_dispatches_logits_to_dense_and_pair_to_fused": 12,
+    "tests/test_notebooks.py::test_notebook_runs[inspect_token_weights-hf_jsonl_other_tokenizer]": 11,
+    "tests/test_model.py::test_bfloat16_compute": 11,
+    "tests/test_losses_config.py::test_jit_and_vmap_for_every_scheme": 11,
+    "tests/test_model.py::test_kv_cache_decoding_matches_full_forward": 11,
+    "tests/test_noise_diagnostic.py::test_family_scores_equal_the_library_weights_on_dense_logits": 10,
+    "tests/test_losses_registry.py::test_toy_scheme_dense_fused_and_float64_reference_agree[True]": 10,
+    "tests/test_losses_head_loss.py::test_whole_batch_context_spans_all_micro_steps[talr-logits]": 10,
+    "tests/test_noise_diagnostic.py::test_bad_input_names_the_field": 9,
+    "tests/test_train.py::test_export_hf_carries_the_runs_own_tokenizer": 9,
+    "tests/test_losses_reference.py::test_case_against_reference[equal_v7]": 9,
+    "tests/test_model.py::test_packed_segments_do_not_attend_across": 9,
+    "tests/test_losses_fused.py::test_fused_equals_dense[7-sort-eaft]": 9,
+    "tests/test_engine.py::test_unfiltered_sampling_skips_the_sort_and_still_equals_generate_tokens": 9,
+    "tests/test_token_histograms.py::test_loss_histograms_count_supervised_tokens_only_and_values_match_token_weights": 8,
 }
 
 
@@ -98,6 +151,8 @@ def pytest_collection_modifyitems(config, items):
     if entry := _slow_entry(item.nodeid):
       used.add(entry)
       item.add_marker(pytest.mark.slow)
+    elif item.get_closest_marker("multiprocess") is not None:
+      item.add_marker(pytest.mark.slow)  # starting JAX processes takes long: none is in the quick run
   files = {item.nodeid.split("::", 1)[0] for item in items}
   if not any("::" in arg for arg in config.args):  # whole files collected: an entry that matches nothing is stale
     stale = sorted(e for e in SLOW if e not in used and e.split("::", 1)[0] in files)
