@@ -27,7 +27,7 @@ from rankjax import cli, models
 from rankjax import report as run_report
 from rankjax.data import pipeline, sources, stream
 from rankjax.diagnostics import noise
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.eval.answer_accuracy import answer_accuracy, make_teacher_forced_aux
 from rankjax.rundir import atomic, layout
 from rankjax.rundir.progress import read_metrics

@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rankjax import cli
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 _FLAGS = {}
 

@@ -11,13 +11,13 @@ import pytest
 from absl import flags
 
 from rankjax import cli
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 COMMANDS = {  # module: (its config file, the flags it requires besides --config)
     "rankjax.main": ("configs/synthetic_sft.py", ["--workdir={tmp}/run"]),
     "rankjax.demo": ("configs/demo.py", ["--workdir={tmp}/run"]),
     "rankjax.evaluate": ("configs/eval_math.py", ["--workdir={tmp}/run"]),
-    "rankjax.data.preview": ("configs/synthetic_sft.py", []),
+    "rankjax.preview": ("configs/synthetic_sft.py", []),
     "rankjax.diagnostics.noise": ("configs/noise_diagnostic.py", ["--workdir={tmp}/run"]),
 }
 
@@ -64,12 +64,12 @@ def test_unknown_flag_is_one_line(tmp_path, capsys, name):
 
 
 def test_preview_bad_flag_value_and_missing_config_are_one_line(tmp_path, capsys):
-  line = _one_line_exit(capsys, lambda: _command("rankjax.data.preview", tmp_path, "--n=zero"))
+  line = _one_line_exit(capsys, lambda: _command("rankjax.preview", tmp_path, "--n=zero"))
   assert "--n=zero" in line
-  line = _one_line_exit(capsys, lambda: _command("rankjax.data.preview", tmp_path, "--n=0"))
+  line = _one_line_exit(capsys, lambda: _command("rankjax.preview", tmp_path, "--n=0"))
   assert "--n=0" in line and "positive" in line
   values = flags.FlagValues()
-  importlib.import_module("rankjax.data.preview").define_flags(values)
+  importlib.import_module("rankjax.preview").define_flags(values)
   sys.argv[:] = ["preview"]
   line = _one_line_exit(capsys, lambda: cli.parse_flags(["preview"], flag_values=values))
   assert "--config" in line
@@ -96,7 +96,7 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
     ("rankjax.demo", ["--config.data.source=jsonl", "--config.data.files.manual_dir={tmp}"],
      "config.data.synthetic.num_eval=300 does not apply to config.data.source='jsonl'"),
     ("rankjax.evaluate", ["--config.num_samples=0"], "eval config: num_samples=0 must be positive"),
-    ("rankjax.data.preview", ["--config.data.source=jsonl"], "config.data.source='jsonl' needs"),
+    ("rankjax.preview", ["--config.data.source=jsonl"], "config.data.source='jsonl' needs"),
     ("rankjax.diagnostics.noise", ["--config.checkpoint={tmp}", "--config.noise.rate=0.9"],
      "config.noise.rate=0.9 must be in (0, 0.5]"),
 ])

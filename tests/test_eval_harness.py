@@ -219,5 +219,5 @@ def test_eval_during_training_is_logged(trained_workdir):
 
 def test_entry_points_import_together():
   """Importing rankjax.evaluate defines no absl flags, so it coexists with tools that define --config."""
-  import rankjax.data.preview  # noqa: F401
+  import rankjax.preview  # noqa: F401
   import rankjax.evaluate  # noqa: F401

@@ -5,14 +5,13 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
-# errors (ConfigError) is raised by every validator, models and losses included; cli (flag parsing, the runner,
-# the multi-host start) is used by the commands, data/preview (floor 1) among them: both import no other floor.
-# rundir (the run folder's names, progress, atomic writes) is at the bottom: train/ writes the folder and the
-# launchers, sweeps and the report read it, and it imports nothing of rankjax.
-# sampling (generation on a model) sits on floor 1: it needs only models, and eval (benchmarks) and train (rollouts)
-# use it.
-FLOOR = {"errors": 0, "cli": 0, "rundir": 0, "models": 0, "losses": 0, "data": 1, "sampling": 1, "train": 2,
-         "eval": 2, "diagnostics": 2}
+# The brief's floors: models and losses at the bottom, data above them, train, eval and diagnostics next, entry points
+# on top. ConfigError (raised by every validator) is models/errors.py. sampling (generation on a model) needs only
+# models and serves eval and train (rollouts): floor 1. cli (flag parsing, the runner, the multi-host start) and
+# rundir (the run folder's names, read by train, sweeps, launchers, report) sit beside train: floor 2; models
+# spells the two names of a run folder it must recognise (tests/test_rundir.py checks they agree).
+FLOOR = {"models": 0, "losses": 0, "data": 1, "sampling": 1, "cli": 2, "rundir": 2, "train": 2, "eval": 2,
+         "diagnostics": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -209,5 +209,5 @@ def test_bad_input_names_the_field(tiny_workdir, tmp_path):
 
 
 def test_importing_the_command_defines_no_flags():
-  import rankjax.data.preview  # noqa: F401, PLC0415 (a command: defines its flags only when run, rankjax.cli.run)
+  import rankjax.preview  # noqa: F401, PLC0415 (a command: defines its flags only when run, rankjax.cli.run)
   import rankjax.diagnostics.noise  # noqa: F401, PLC0415

@@ -89,3 +89,9 @@ def test_preemption_exit_status_is_the_one_the_launchers_expect():
   from rankjax import launch  # noqa: PLC0415
   from rankjax.train import preemption  # noqa: PLC0415 (imports JAX)
   assert exit_status.PREEMPTED_EXIT_CODE == preemption.PREEMPTED_EXIT_CODE == launch.PREEMPTED == 75
+
+
+def test_models_recognises_a_workdir_by_the_run_folders_names():
+  from rankjax.models import hf_checkpoint  # noqa: PLC0415 (loads JAX)
+  assert hf_checkpoint.RUN_CONFIG_FILE == layout.CONFIG_FILE
+  assert hf_checkpoint.CHECKPOINTS_DIR == layout.CHECKPOINTS_DIR

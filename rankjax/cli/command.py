@@ -5,7 +5,6 @@ from collections.abc import Callable
 from absl import app, flags
 
 from rankjax.cli import parsing
-from rankjax.errors import ConfigError
 
 
 def exit_on_config_error(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
@@ -13,6 +12,8 @@ def exit_on_config_error(main: Callable[[list[str]], object]) -> Callable[[list[
   can use, found by a validator after parsing); every other exception propagates with its traceback."""
 
   def guarded(argv: list[str]):
+    # Imported here: importing rankjax.models loads JAX, and the JAX-free commands (launch, report) import cli.
+    from rankjax.models.errors import ConfigError  # noqa: PLC0415
     try:
       return main(argv)
     except ConfigError as e:

@@ -8,7 +8,6 @@ import os
 
 from absl import flags
 
-from rankjax.errors import ConfigError
 
 ENV = {"coordinator_address": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
        "process_id": "JAX_PROCESS_ID"}
@@ -44,6 +43,7 @@ def _env_int(name: str) -> int | None:
   try:
     return int(value)
   except ValueError:
+    from rankjax.models.errors import ConfigError  # noqa: PLC0415 (rankjax.models loads JAX: only on error)
     raise ConfigError(f"environment variable {name}={value!r} is not an integer") from None
 
 
@@ -54,6 +54,7 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   its own devices)."""
   import jax  # noqa: PLC0415 (flag definition and parsing stay free of JAX)
   if heartbeat_timeout_s <= 0:
+    from rankjax.models.errors import ConfigError  # noqa: PLC0415 (rankjax.models loads JAX: only on error)
     raise ConfigError(f"--heartbeat_timeout_s={heartbeat_timeout_s} must be > 0 (seconds)")
   address = coordinator_address or os.environ.get(ENV["coordinator_address"]) or None
   num = num_processes if num_processes is not None else _env_int(ENV["num_processes"])

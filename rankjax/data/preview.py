@@ -1,6 +1,6 @@
 """Print packed training rows with the supervised span marked, to check the loss mask by eye.
 
-python -m rankjax.data.preview --config=configs/gsm8k_tiny.py [--n=3] [--workdir=DIR] [--config.data.seq_len=1024]
+python -m rankjax.preview --config=configs/gsm8k_tiny.py [--n=3] [--workdir=DIR] [--config.data.seq_len=1024]
 
 Supervised target tokens (what the loss trains on) are shown between ⟦ and ⟧ (green on a
 terminal); everything else is context. Each packed example starts on a new line with its
@@ -9,30 +9,9 @@ segment id; padding is summarised.
 
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
 
-from absl import app, flags
-from ml_collections import config_flags
-
-from rankjax import cli, models
-from rankjax.data import sources, stream
-from rankjax.errors import ConfigError
-
-_FLAGS = {}
-
-
-def define_flags(flag_values: flags.FlagValues) -> None:
-  """Defines the command's flags in `flag_values`; only when run as a command (`cli.run`), so that importing this
-  module (tests, notebooks, other tools with their own --config flag) defines none."""
-  _FLAGS["config"] = config_flags.DEFINE_config_file("config", None, "run config file", lock_config=True,
-                                                     flag_values=flag_values)
-  _FLAGS["n"] = flags.DEFINE_integer("n", 3, "number of examples to show", lower_bound=1, flag_values=flag_values)
-  _FLAGS["workdir"] = flags.DEFINE_string("workdir", "", "run workdir (its tokenizer.json is used/trained); "
-                                          "default: a temp dir", flag_values=flag_values)
-  flags.mark_flags_as_required(["config"], flag_values=flag_values)
-
+from rankjax import models
+from rankjax.data import stream
 
 def render_example(tokenizer, inputs, targets, mask, color: bool) -> str:
   """The example's first input token then every target, supervised ones marked."""
@@ -78,19 +57,3 @@ def preview(config, n: int, workdir: str, color: bool = False) -> str:
     pipe.close()
   lines.append(f"=== records so far: {pipe.record_counts()}")
   return "\n".join(lines)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = _FLAGS["config"].value
-  if "data" not in config or "model" not in config:
-    raise ConfigError("the config has no config.data / config.model: give a run config (configs/*.py)")
-  sources.validate_config(config.data)
-  workdir = _FLAGS["workdir"].value or tempfile.mkdtemp(prefix="rankjax_preview_")
-  os.makedirs(workdir, exist_ok=True)
-  print(preview(config, _FLAGS["n"].value, workdir, color=sys.stdout.isatty()))
-
-
-if __name__ == "__main__":
-  cli.run(main, define_flags)

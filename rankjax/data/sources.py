@@ -19,7 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from rankjax.data import synthetic
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 FILE_SOURCES = {"gsm8k": "gsm8k_local", "numina_math_cot": "numina_math_cot", "jsonl": "sft_jsonl"}
 SOURCES = ("synthetic",) + tuple(FILE_SOURCES)

@@ -23,7 +23,7 @@ from ml_collections import config_dict, config_flags
 from rankjax import cli, losses, models
 from rankjax.data import sources
 from rankjax.diagnostics import families, noise_data, noise_injection, noise_metrics, noise_report, token_scores
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.train.restore import load_checkpoint
 
 _FLAGS = {}

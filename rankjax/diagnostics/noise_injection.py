@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 MODES = ("insert", "replace")
 POOLS = ("vocabulary", "corpus")

@@ -12,7 +12,7 @@ import re
 
 import ml_collections
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 PAPER_BENCHMARKS = "math500,minerva_math,olympiadbench,aime24,amc23"
 PROMPTS = ("auto", "chat_cot", "plain")

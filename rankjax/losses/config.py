@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 # `schemes` registers the built-in entries of the table that `registry` holds.
 from rankjax.losses import registry, schemes  # noqa: F401
 from rankjax.losses.registry import SCHEMES  # noqa: F401 (re-exported: the names of the table)

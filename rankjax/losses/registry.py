@@ -47,7 +47,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.losses.stats import TokenStats
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.losses import weights
 from rankjax.losses.registry import Scheme, StatNeeds, WeightArgs, check_choice, register
 

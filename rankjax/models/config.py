@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # the Hugging Face model_type written on export

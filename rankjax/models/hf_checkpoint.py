@@ -13,18 +13,37 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.models import config as model_config
 from rankjax.models import hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer, build_model
 from rankjax.models.params import abstract_params
 from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
-from rankjax.rundir import layout
 
 # Files a checkpoint directory carries besides weights and config.json; copied on export when asked.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
                    "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
+
+
+
+# A rankjax workdir as `models` must recognise it (config.init_from). The names are rankjax.rundir.layout's, spelled
+# here because models sits on the bottom floor; tests/test_rundir.py checks that both agree.
+RUN_CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def _is_checkpoints_dir(path: str) -> bool:
+  return os.path.basename(os.path.normpath(path)) == CHECKPOINTS_DIR
+
+
+def _workdir_of(path: str) -> str:
+  path = os.path.normpath(path)
+  return os.path.dirname(path) if _is_checkpoints_dir(path) else path
+
+
+def _has_checkpoints_dir(workdir: str) -> bool:
+  return os.path.isdir(os.path.join(workdir, CHECKPOINTS_DIR))
 
 
 def _dtype_name(dtype) -> str:
@@ -80,7 +99,7 @@ def resolve_init_from(path: str) -> InitFrom:
   if os.path.isfile(os.path.join(path, "config.json")) and any(
       f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path)):
     return InitFrom("hf", path)
-  if layout.is_checkpoints_dir(path) or layout.has_checkpoints_dir(path):
+  if _is_checkpoints_dir(path) or _has_checkpoints_dir(path):
     return InitFrom("workdir", path)
   raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors) "
                           f"nor a rankjax workdir (a directory with checkpoints/)")
@@ -98,9 +117,9 @@ def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> N
   restore then names the checkpoint). resuming=True: `init_from` is the run's own workdir, about to be resumed."""
   if not init_from:
     return
-  workdir = layout.workdir_of(os.path.expanduser(init_from))
-  run_file = layout.config_path(workdir)
-  if not (layout.has_checkpoints_dir(workdir) and os.path.isfile(run_file)):
+  workdir = _workdir_of(os.path.expanduser(init_from))
+  run_file = os.path.join(workdir, RUN_CONFIG_FILE)
+  if not (_has_checkpoints_dir(workdir) and os.path.isfile(run_file)):
     return
   try:
     with open(run_file, encoding="utf-8") as f:

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 DEFAULT_RULES = (("vocab", "tensor"), ("embed", "fsdp"), ("heads", "tensor"), ("kv_heads", "tensor"),

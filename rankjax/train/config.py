@@ -6,7 +6,7 @@ import ml_collections
 
 from rankjax import losses, models
 from rankjax.data import sources
-from rankjax.errors import ConfigError
+from rankjax.models.errors import ConfigError
 from rankjax.eval import settings as eval_settings
 from rankjax.train import optimizer
 
