@@ -18,7 +18,7 @@ $(VENV)/.installed: $(PY) setup.py constraints.txt
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,tpu]"
 	touch $@
 
 install: $(VENV)/.installed

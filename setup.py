@@ -43,6 +43,9 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
         ],
+        # python -m rankjax.plan: compile for TPU slices on any machine (libtpu, ~700 MB; no TPU needed). jax[tpu]
+        # of the installed JAX (constraints.txt pins both for make test).
+        "tpu": ["jax[tpu]"],
         "dev": ["ruff", "ipykernel"],
     },
 )

@@ -184,12 +184,12 @@ def test_kv_cache_bytes_is_the_cache_the_engine_allocates(llama):
 
 
 def test_unfiltered_sampling_skips_the_sort_and_still_equals_generate_tokens(llama):
-  from rankjax.sampling.engine import _k_max
+  from rankjax.sampling.engine import filtering_bound
   m, p = llama
   plain = SamplingConfig(max_new_tokens=6, temperature=1.0)
   requests = [Request(PROMPTS[3], plain, keys=_keys(3, seed=5))]
-  assert _k_max(requests, VOCAB) == -1
-  assert _k_max(requests + [Request(PROMPTS[1], SamplingConfig(4, temperature=1.0, top_k=7), keys=_keys(1))],
+  assert filtering_bound(requests, VOCAB) == -1
+  assert filtering_bound(requests + [Request(PROMPTS[1], SamplingConfig(4, temperature=1.0, top_k=7), keys=_keys(1))],
                 VOCAB) == 7
   got = _tokens(engine_for(m, p, requests, slots=2).run(requests))[0]
   assert got == [c.tokens for c in Sampler(m, p, plain, 3).generate([PROMPTS[3]] * 3, requests[0].keys)]

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from rankjax.models.cache_write import write_at
 from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import apply_rotary
+from rankjax.models.sharding import constrain_activations
 
 # A large finite negative (not -inf) so a fully masked padding row gives a uniform
 # softmax instead of NaN; padding rows never reach the loss.
@@ -65,9 +66,10 @@ class Attention(nn.Module):
     """
     d = x.shape[-1]
     x = x.astype(self.dtype)
-    q = self._proj("q", x, self.num_heads, ("embed", "heads", "kv"))
-    k = self._proj("k", x, self.num_kv_heads, ("embed", "kv_heads", "kv"))
-    v = self._proj("v", x, self.num_kv_heads, ("embed", "kv_heads", "kv"))
+    heads = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+    q = constrain_activations(self._proj("q", x, self.num_heads, ("embed", "heads", "kv")), heads)
+    k = constrain_activations(self._proj("k", x, self.num_kv_heads, ("embed", "kv_heads", "kv")), heads)
+    v = constrain_activations(self._proj("v", x, self.num_kv_heads, ("embed", "kv_heads", "kv")), heads)
     if self.qk_norm:
       q = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="q_norm")(q)
       k = RMSNorm(self.norm_eps, self.dtype, self.param_dtype, name="k_norm")(k)
@@ -85,7 +87,7 @@ class Attention(nn.Module):
 
     wo = self.param("o", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("heads", "kv", "embed")),
                     (self.num_heads, self.head_dim, d), self.param_dtype)
-    out = jnp.einsum("bthk,hkd->btd", out, wo.astype(self.dtype))
+    out = constrain_activations(jnp.einsum("bthk,hkd->btd", out, wo.astype(self.dtype)))
     if self.out_bias:
       out = out + self.param("o_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,),
                              self.param_dtype).astype(self.dtype)

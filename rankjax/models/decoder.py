@@ -15,6 +15,7 @@ from rankjax.models.mlp import SwiGLU
 from rankjax.models.cache_write import write_at
 from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import rope_frequencies, rotary_angles
+from rankjax.models.sharding import constrain_activations
 
 REMAT_POLICIES = {"layer": None, "dots_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
@@ -76,7 +77,7 @@ class Transformer(nn.Module):
     if segment_ids is None:
       segment_ids = jnp.ones((b, t), jnp.int32)
     embed = Embed(c.vocab_size, c.hidden_size, c.init_std, dtype, pdtype, name="embed")
-    x = embed(input_ids)
+    x = constrain_activations(embed(input_ids))
     cos, sin = rotary_angles(positions, rope_frequencies(c))
     if cache is None:
       mask = attention_mask(segment_ids)
@@ -97,6 +98,7 @@ class Transformer(nn.Module):
         x, (k, v) = layer(x, cos, sin, mask, (cache["k"][i], cache["v"][i], index))
         new_k.append(k)
         new_v.append(v)
+      x = constrain_activations(x)
     x = RMSNorm(c.norm_eps, dtype, pdtype, name="final_norm")(x)
     if c.tie_embeddings:
       kernel = embed.embedding.T

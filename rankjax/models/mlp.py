@@ -4,6 +4,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rankjax.models.sharding import constrain_activations
+
+HIDDEN_AXES = ("activation_batch", "activation_length", "activation_mlp")
+
 
 class SwiGLU(nn.Module):
   """down(silu(gate(x)) * up(x))."""
@@ -22,4 +26,4 @@ class SwiGLU(nn.Module):
     down = self.param("down", nn.with_logical_partitioning(init, ("mlp", "embed")), (self.mlp_dim, d), self.param_dtype)
     x = x.astype(self.dtype)
     h = jax.nn.silu(x @ gate.astype(self.dtype)) * (x @ up.astype(self.dtype))
-    return h @ down.astype(self.dtype)
+    return constrain_activations(constrain_activations(h, HIDDEN_AXES) @ down.astype(self.dtype))

@@ -119,8 +119,9 @@ def _pick(logits, key, step, temperature, top_p, top_k, k_max: int):
   return jnp.where(temperature > 0, drawn, greedy)
 
 
-def _k_max(requests, vocab: int) -> int:
-  """The static filtering bound of a run (see `_pick`)."""
+def filtering_bound(requests, vocab: int) -> int:
+  """The static filtering bound `k_max` of a run of `requests` (see `_pick`): 0 all greedy, -1 no filtering, else the
+  number of largest logits kept before sampling."""
   sampled = [r.sampling for r in requests if r.sampling.temperature > 0]
   if not sampled:
     return 0
@@ -171,10 +172,10 @@ class Engine:
     spec[slot_axis] = self._axes
     return NamedSharding(self.mesh, P(*spec))
 
-  def _init_state(self, max_new: int, max_stops: int):
+  def _empty_state(self, max_new: int, max_stops: int) -> dict:
     s = self.slots
     cache = init_cache(self.model.config, s, self.max_len, resolve_dtype(self.model.config.dtype), per_row_index=True)
-    state = {
+    return {
         "cache": cache,
         "token": jnp.zeros((s,), jnp.int32),  # the last token of each slot (fed at the next step)
         "step": jnp.zeros((s,), jnp.int32),  # tokens drawn so far by the slot's sample
@@ -190,13 +191,28 @@ class Engine:
         "stop_ids": jnp.full((s, max_stops), NO_STOP, jnp.int32),
         "useful": jnp.zeros((), jnp.int32),
     }
+
+  def state_shardings(self, state: dict) -> dict:
+    """The NamedSharding of each entry of a decode state (the KV cache [layers, slots, ...] and per-slot arrays split
+    over the slots' axes, scalars replicated); needs a mesh."""
+    def place(x, axis=0):
+      return NamedSharding(self.mesh, P()) if x.ndim == 0 else self._sharding(x.ndim, axis)
+    out = {k: place(v) for k, v in state.items() if k != "cache"}
+    out["cache"] = {k: place(v, 1 if k in ("k", "v") else 0) for k, v in state["cache"].items()}
+    return out
+
+  def abstract_state(self, max_new: int, max_stops: int) -> dict:
+    """The decode state `run` makes, as `jax.ShapeDtypeStruct`s with their shardings (for compiling ahead, e.g.
+    `rankjax.plan`); needs a mesh."""
+    shapes = jax.eval_shape(lambda: self._empty_state(max_new, max_stops))
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes,
+                        self.state_shardings(shapes))
+
+  def _init_state(self, max_new: int, max_stops: int):
+    state = self._empty_state(max_new, max_stops)
     if self.mesh is None:
       return state
-    place = lambda x, axis=0: jax.device_put(  # noqa: E731
-        x, NamedSharding(self.mesh, P()) if x.ndim == 0 else self._sharding(x.ndim, axis))
-    state = {k: (v if k == "cache" else place(v)) for k, v in state.items()}
-    state["cache"] = {k: place(v, 1 if k in ("k", "v") else 0) for k, v in cache.items()}
-    return state
+    return jax.tree.map(jax.device_put, state, self.state_shardings(state))
 
   @functools.partial(jax.jit, static_argnums=(0,))
   def _prefill(self, params, ids, lengths):
@@ -301,7 +317,7 @@ class Engine:
     self._check(requests)
     max_new = max(r.sampling.max_new_tokens for r in requests)
     max_stops = max([len(r.sampling.stop_ids) for r in requests] + [1])
-    k_max = _k_max(requests, self.vocab)
+    k_max = filtering_bound(requests, self.vocab)
     state = self._init_state(max_new, max_stops)
     self.stats = EngineStats()
     results = [[None] * r.num_samples for r in requests]

@@ -60,8 +60,9 @@ def eval_config() -> ml_collections.ConfigDict:
   return c
 
 
-def validate(config) -> None:
-  """Raises ConfigError naming the field for values no run can use (before any compile)."""
+def validate(config, device_count: int | None = None) -> None:
+  """Raises ConfigError naming the field for values no run can use (before any compile). The mesh must tile
+  `device_count` devices (default: this process's `jax.device_count()`; `rankjax.plan` passes a TPU slice's)."""
   sources.validate_config(config.data)
   if config.data.prompt_format == "chat" and not (config.init_from or config.data.tokenizer_path):
     raise ConfigError("config.data.prompt_format='chat' needs a tokenizer with a chat template: set "
@@ -95,7 +96,8 @@ def validate(config) -> None:
     if not float(opt[field]) >= 0:
       raise ConfigError(f"config.optimizer.{field}={opt[field]} must be >= 0")
   # The mesh and an init_from workdir's parameter shapes: named here, before the workdir is written.
-  models.check_mesh_sizes({axis: config.mesh[axis] for axis in models.MESH_AXES}, jax.device_count())
+  models.check_mesh_sizes({axis: config.mesh[axis] for axis in models.MESH_AXES},
+                          jax.device_count() if device_count is None else device_count)
   models.check_init_from_workdir(config.init_from, config.model)
 
 

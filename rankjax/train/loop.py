@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
-from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rankjax import models
@@ -23,9 +22,9 @@ from rankjax.train import preemption
 from rankjax.train import token_dump
 from rankjax.losses import token_histograms
 from rankjax.train.metrics_writer import MetricsWriter
-from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
+from rankjax.train import state as train_state_layout
 from rankjax.train.periodic_eval import PeriodicEval
-from rankjax.train.train_step import make_train_step
+from rankjax.train.state import batch_sharding as _batch_sharding, create_state, watch_nonfinite  # noqa: F401 (API)
 
 
 def is_lead_process() -> bool:
@@ -55,45 +54,6 @@ def build_run_model(config, init: models.InitFrom):
 def make_run_mesh(config) -> Mesh:
   """The ("data", "fsdp", "tensor") mesh of config.mesh."""
   return models.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-
-
-def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
-  """Fresh TrainState placed on `mesh`: params from config.seed, or from `init` (an HF checkpoint or another
-  run's workdir; default: resolved from config.init_from), optimizer state, step 0.
-
-  Parameters are created directly in their shardings (logical axes -> mesh by
-  `models.DEFAULT_RULES`); the optimizer state inherits them.
-  """
-  init = models.resolve_init_from(config.init_from) if init is None else init
-  if init.kind == "hf":
-    params = models.load_params(model, init.path, mesh)
-  elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
-    params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
-  else:
-    make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len),
-                   out_shardings=models.model_shardings(model, mesh))
-    params = make(jax.random.PRNGKey(config.seed))
-  tx = make_optimizer(config.optimizer, config.total_steps)
-  replicated = NamedSharding(mesh, P())
-  on_mesh = lambda x: x if len(x.sharding.device_set) == mesh.size else jax.device_put(x, replicated)  # noqa: E731
-  opt_state = jax.tree.map(on_mesh, jax.jit(tx.init)(params))  # moments follow params; counters replicated
-  return train_state.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated),
-                                apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
-
-
-def _batch_sharding(mesh: Mesh, micro_batch: int) -> NamedSharding:
-  batch_ways = int(np.prod([mesh.shape[a] for a in models.sharding.BATCH_AXES]))
-  if jax.process_count() > 1 and (batch_ways % jax.process_count() or micro_batch % batch_ways):
-    # Each host feeds rows_per_host = batch / processes rows; that is only its share of the global
-    # batch when the batch axis is split across hosts.
-    raise ValueError(f"multi-host: the batch is split over data*fsdp = {batch_ways} ways, which must be a multiple "
-                     f"of the {jax.process_count()} processes and divide the micro-batch of {micro_batch}; "
-                     "change config.mesh or config.data.batch_size")
-  if micro_batch % batch_ways:
-    print(f"[rankjax] micro-batch {micro_batch} is not divisible by the data*fsdp mesh size {batch_ways}: "
-          "every device computes the whole batch", flush=True)
-    return NamedSharding(mesh, P())
-  return models.sharding.batch_sharding(mesh)
 
 
 def train(config, workdir: str) -> dict:
@@ -137,17 +97,6 @@ def _record_metrics(counts: dict) -> dict:
   return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
 
 
-def watch_nonfinite(step_fn):
-  """step_fn with a device-side record of the first refused step, so the loop need not read every step's
-  `nonfinite` on the host: (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad); first_bad is
-  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` as in `make_train_step`."""
-  def step(state, batch, first_bad, done, diagnose=None):
-    state, metrics = step_fn(state, batch, diagnose)
-    first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
-    return state, metrics, first_bad
-  return step
-
-
 class _NoWriter:
   """Stands in for MetricsWriter on processes other than 0."""
 
@@ -165,7 +114,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   lead = is_lead_process()
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  state_shardings = train_state_layout.state_shardings(model, state.tx, mesh)
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)
   checkpointing.check_writable(manager)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
@@ -178,11 +127,9 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
     manager.close()
     raise preemption.Preempted(start, watch.reason, checkpointing.directory(manager), during_startup=True)
 
-  batch_sharding = _batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
-  lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+  batch_sharding = train_state_layout.batch_sharding(mesh, config.data.batch_size // config.grad_accum_steps)
   replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(watch_nonfinite(make_train_step(model, config.loss, lr_schedule)), donate_argnums=0,
-                    out_shardings=(state_shardings, replicated, replicated))
+  step_fn = train_state_layout.jit_train_step(config, model, state_shardings, mesh)
   writer = MetricsWriter(workdir, resume_step=start) if lead else _NoWriter()
   model_flops = flops.flops_per_token(model.config, config.data.seq_len)
   peak = flops.peak_flops_per_device(jax.devices()[0], model.config.dtype)

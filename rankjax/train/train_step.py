@@ -9,6 +9,8 @@ from flax.training import train_state
 
 from rankjax import losses
 from rankjax.losses import token_histograms
+from rankjax.models import params as model_params
+from rankjax.models.sharding import activation_sharding
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -19,7 +21,7 @@ def model_logits(model, params, micro: dict, return_hidden: bool = False):
                      segment_ids=micro["segment_ids"], return_hidden=return_hidden)
 
 
-def make_train_step(model, loss_config, schedule: optax.Schedule):
+def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None):
   """Returns step(state, batch, diagnose=None) -> (state, metrics).
 
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
@@ -38,14 +40,28 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
   (`loss_config.diagnostics`) and the histograms are skipped (`lax.cond`) and their metrics are not
   meaningful; the update is the same. The loop sets it on steps whose metrics it reads (log and dump steps).
   None computes everything on every step.
+
+  `mesh`: the step's activations are constrained to it (`models.sharding.activation_sharding`: rows over the
+  batch axes) and each micro-step's gradient to the parameters' shardings (FSDP: a reduce-scatter per micro-step,
+  where XLA left alone all-reduced whole gradients); None leaves their sharding to XLA.
   """
   losses.validate_config(loss_config)
   return_hidden = losses.wants_hidden(loss_config)
+  grad_shardings = None if mesh is None else model_params.model_shardings(model, mesh)
+
+  def like_params(grads):
+    if grad_shardings is None:
+      return grads
+    return jax.tree.map(jax.lax.with_sharding_constraint, grads, grad_shardings)
 
   def head(params, micro):
     return model_logits(model, params, micro, return_hidden)
 
   def step(state: train_state.TrainState, batch: dict, diagnose=None):
+    with activation_sharding(mesh):
+      return _step(state, batch, diagnose)
+
+  def _step(state: train_state.TrainState, batch: dict, diagnose=None):
     def micro_loss(params, micro, context):
       return losses.head_loss(head(params, micro), micro["targets"], micro["loss_mask"], loss_config,
                               context=context, diagnose=diagnose)
@@ -56,11 +72,12 @@ def make_train_step(model, loss_config, schedule: optax.Schedule):
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
     first = jax.tree.map(lambda x: x[0], batch)
     (_, aux0), grads0 = grad_fn(params, first, context)
+    grads0 = like_params(grads0)
 
     def body(carry, micro):
       grads, aux = carry
       (_, aux_i), grads_i = grad_fn(params, micro, context)
-      return (jax.tree.map(jnp.add, grads, grads_i), losses.accumulate_aux(aux, aux_i)), None
+      return (jax.tree.map(jnp.add, grads, like_params(grads_i)), losses.accumulate_aux(aux, aux_i)), None
 
     rest = jax.tree.map(lambda x: x[1:], batch)
     (grads, aux), _ = jax.lax.scan(body, (grads0, aux0), rest)

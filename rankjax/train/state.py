@@ -1,0 +1,124 @@
+"""The train state's layout on a mesh: one function (`state_shardings`) gives the shardings that both the real state
+(`create_state`, used by the training loop) and the abstract one (`abstract_state`, compiled by `rankjax.plan` for a
+pod it does not have) are built with, so a plan compiles exactly what a run executes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rankjax import models
+from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
+from rankjax.train.train_step import make_train_step
+
+
+# The dtypes of the batch arrays `rankjax.data.pipeline` yields (checked against a real batch in tests/test_plan.py).
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32, "segment_ids": jnp.int32,
+                "positions": jnp.int32}
+
+
+def run_optimizer(config) -> optax.GradientTransformation:
+  """The run's optax chain (config.optimizer over config.total_steps)."""
+  return make_optimizer(config.optimizer, config.total_steps)
+
+
+def state_shardings(model, tx: optax.GradientTransformation, mesh: Mesh) -> train_state.TrainState:
+  """A TrainState whose leaves are the NamedShardings of the run's state on `mesh`.
+
+  Parameters: logical axes -> mesh axes by `models.DEFAULT_RULES`. Optimizer state: every copy of the parameter tree
+  in it (Adam's moments) takes the parameters' shardings (`optax.tree_map_params`); the rest (step counters) is
+  replicated. The step counter is replicated.
+  """
+  replicated = NamedSharding(mesh, P())
+  params = models.model_shardings(model, mesh)
+  opt_shapes = jax.eval_shape(tx.init, models.abstract_params(model)[1])
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params,
+                                    transform_non_params=lambda _: replicated)
+  return train_state.TrainState(step=replicated, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
+
+
+def abstract_state(config, model, mesh: Mesh) -> train_state.TrainState:
+  """The state `create_state` would make on `mesh`, as `jax.ShapeDtypeStruct`s carrying their shardings (nothing is
+  allocated, no weight is read)."""
+  tx = run_optimizer(config)
+  shardings = state_shardings(model, tx, mesh)
+  params = models.abstract_params(model)[1]
+  shapes = train_state.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), apply_fn=model.apply, params=params,
+                                  tx=tx, opt_state=jax.eval_shape(tx.init, params))
+  return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes, shardings)
+
+
+def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
+  """Fresh TrainState placed on `mesh` by `state_shardings`: params from config.seed, or from `init` (an HF
+  checkpoint or another run's workdir; default: resolved from config.init_from), optimizer state, step 0."""
+  from rankjax.train import checkpointing  # noqa: PLC0415 (orbax only where a state is really made)
+  init = models.resolve_init_from(config.init_from) if init is None else init
+  tx = run_optimizer(config)
+  shardings = state_shardings(model, tx, mesh)
+  if init.kind == "hf":
+    params = models.load_params(model, init.path, mesh)
+  elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
+    params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
+  else:
+    make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len), out_shardings=shardings.params)
+    params = make(jax.random.PRNGKey(config.seed))
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+  return train_state.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
+                                apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
+
+
+def batch_sharding(mesh: Mesh, micro_batch: int, process_count: int | None = None,
+                   quiet: bool = False) -> NamedSharding:
+  """Sharding of a batch [A, b, T]: rows over the mesh's data and fsdp axes, or replicated (with a note unless
+  `quiet`) when `micro_batch` b does not divide among them. Multi-host (`process_count` > 1, default
+  jax.process_count()): ValueError unless the batch ways are a multiple of the processes and divide b."""
+  process_count = jax.process_count() if process_count is None else process_count
+  batch_ways = int(np.prod([mesh.shape[a] for a in models.sharding.BATCH_AXES]))
+  if process_count > 1 and (batch_ways % process_count or micro_batch % batch_ways):
+    # Each host feeds rows_per_host = batch / processes rows; that is only its share of the global
+    # batch when the batch axis is split across hosts.
+    raise ValueError(f"multi-host: the batch is split over data*fsdp = {batch_ways} ways, which must be a multiple "
+                     f"of the {process_count} processes and divide the micro-batch of {micro_batch}; "
+                     "change config.mesh or config.data.batch_size")
+  if micro_batch % batch_ways:
+    if not quiet:
+      print(f"[rankjax] micro-batch {micro_batch} is not divisible by the data*fsdp mesh size {batch_ways}: "
+            "every device computes the whole batch", flush=True)
+    return NamedSharding(mesh, P())
+  return models.sharding.batch_sharding(mesh)
+
+
+def watch_nonfinite(step_fn):
+  """step_fn with a device-side record of the first refused step, so the loop need not read every step's
+  `nonfinite` on the host: (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad); first_bad is
+  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` as in `make_train_step`."""
+  def step(state, batch, first_bad, done, diagnose=None):
+    state, metrics = step_fn(state, batch, diagnose)
+    first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
+    return state, metrics, first_bad
+  return step
+
+
+def jit_train_step(config, model, shardings: train_state.TrainState, mesh: Mesh):
+  """The run's jitted step (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad): the state is
+  donated and comes back in `shardings`; metrics and first_bad are replicated."""
+  replicated = NamedSharding(mesh, P())
+  schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+  return jax.jit(watch_nonfinite(make_train_step(model, config.loss, schedule, mesh)), donate_argnums=0,
+                 out_shardings=(shardings, replicated, replicated))
+
+
+def abstract_step_inputs(config, mesh: Mesh, batch_shardings: NamedSharding) -> tuple:
+  """(batch, first_bad, done, diagnose) as `jax.ShapeDtypeStruct`s: the batch arrays [A, b, T] the data pipeline
+  feeds (A = config.grad_accum_steps, b = config.data.batch_size / A, T = config.data.seq_len; dtypes
+  `BATCH_DTYPES`)."""
+  accum = int(config.grad_accum_steps)
+  shape = (accum, int(config.data.batch_size) // accum, int(config.data.seq_len))
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_shardings) for k, dtype in BATCH_DTYPES.items()}
+  replicated = NamedSharding(mesh, P())
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
+  return batch, scalar(jnp.int32), scalar(jnp.int32), scalar(jnp.bool_)

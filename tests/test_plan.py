@@ -1,0 +1,203 @@
+"""rankjax.plan: a run's real train step and sampling engine compiled for TPU slices on this CPU (libtpu, no TPU).
+
+Each test compiles as little as it can (a TPU compile of even a tiny step takes 10-30 s here): one module fixture
+compiles the tiny step for v5e-4 at two micro-batch sizes, one runs the command end to end on v5p-8.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from rankjax import models
+from rankjax.plan import collectives, topologies
+from rankjax.train import loop, state as train_state_layout
+from rankjax.train.config import load_config_file, with_overrides
+
+TINY = {"mesh.data": 1, "mesh.fsdp": -1, "data.batch_size": 16, "data.seq_len": 64, "loss.histograms": False}
+
+
+def _libtpu():
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    if os.environ.get("CI") == "true":
+      pytest.fail("CI installs the tpu extra (make test): libtpu is missing")
+    pytest.skip("libtpu not installed (pip install -e '.[tpu]')")
+
+
+def tiny_config(**overrides):
+  return with_overrides(load_config_file("configs/synthetic_sft.py"), {**TINY, **overrides})
+
+
+@pytest.fixture(scope="module")
+def v5e_plans():
+  """The tiny step planned on v5e-4 with micro-batches of 4 and 16 sequences (2 micro-steps each)."""
+  _libtpu()
+  from rankjax.plan import command
+  small = command.make_plan(tiny_config(grad_accum_steps=2, **{"data.batch_size": 8}), "v5e-4", sampling=False)
+  large = command.make_plan(tiny_config(grad_accum_steps=2, **{"data.batch_size": 32}), "v5e-4", sampling=False)
+  return small["train"], large["train"]
+
+
+def test_topology_table():
+  for name in topologies.names():
+    t = topologies.get(name)
+    cores = int(name.split("-")[1])
+    assert t.chips == cores // t.generation.cores_per_chip_in_name
+  assert topologies.get("v5p-8").libtpu_name == "v5:2x2x1" and topologies.get("v5p-8").chips == 4
+  assert topologies.get("v5e-4").libtpu_name == "v5e:2x2"
+  assert topologies.get("v4-8").hbm_bytes == 32 * 1024 ** 3
+  with pytest.raises(ValueError, match="v5p-8"):
+    topologies.get("v5p-7")
+
+
+def test_collectives_counted_per_loop_iteration():
+  hlo = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %ag = f32[32]{0} all-gather(%x), dimensions={0}
+  ROOT %t = (s32[], f32[8]) tuple(%i, %x)
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]) parameter(0)
+  %c = s32[] constant(5)
+  %i = s32[] get-tuple-element(%p), index=0
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%all-reduce-scatter.1 (input: f32[16]) -> f32[4] {
+  %input = f32[16]{0} parameter(0)
+  %ar = f32[16]{0} all-reduce(%input), to_apply=%add
+  ROOT %ds = f32[4]{0} dynamic-slice(%ar, %z), dynamic_slice_sizes={4}
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8]{0} parameter(0)
+  %w = (s32[], f32[8]) while(%tuple), condition=%cond, body=%body
+  %rs = f32[4]{0} fusion(%g), kind=kCustom, calls=%all-reduce-scatter.1
+  %s = (bf16[2], bf16[4]) all-reduce-start(%a), to_apply=%add
+  %d = bf16[4]{0} all-reduce-done(%s)
+  ROOT %r = f32[8]{0} copy(%a)
+}
+"""
+  stats = collectives.collective_stats(hlo)
+  assert stats["all-gather"] == {"count": 5, "bytes": 5 * 32 * 4}
+  assert stats["reduce-scatter"] == {"count": 1, "bytes": 16}
+  assert stats["all-reduce"] == {"count": 1, "bytes": 8}  # the start's output buffer; the done is not counted
+  assert stats["partial"] is False
+
+
+def test_tiny_step_fits_and_bytes_grow_with_the_micro_batch(v5e_plans):
+  small, large = v5e_plans
+  for plan in v5e_plans:
+    assert plan["fits"] and plan["chips"] == 4 and plan["device_kind"] == "TPU v5 lite"
+    mem = plan["memory_per_chip_bytes"]
+    assert 0 < mem["peak"] < mem["hbm"] == 16 * 1024 ** 3
+    assert mem["parameters"] * 2 == pytest.approx(mem["optimizer_state"], rel=0.01)  # float32 Adam: mu and nu
+    assert plan["compile_seconds"] > 0 and plan["model_flops_per_step"] > 0
+    assert plan["collectives_per_step"]["all-gather"]["count"] > 0  # FSDP gathers the weights
+  assert small["batch"]["micro_batch"] == 4 and large["batch"]["micro_batch"] == 16
+  assert large["memory_per_chip_bytes"]["temporaries"] > small["memory_per_chip_bytes"]["temporaries"]
+  assert large["memory_per_chip_bytes"]["parameters"] == small["memory_per_chip_bytes"]["parameters"]
+  # FSDP over the 4 chips: each holds a quarter of the sharded parameters
+  assert small["memory_per_chip_bytes"]["parameters"] < small["parameters"] * 4 / 2
+
+
+def test_a_model_too_big_for_the_chip_is_refused_in_one_line():
+  _libtpu()
+  from rankjax.plan import command, train_plan
+  big = tiny_config(**{"model.vocab_size": 262144, "model.hidden_size": 8192, "model.num_layers": 1,
+                       "model.num_heads": 8, "model.num_kv_heads": 8, "model.mlp_dim": 256, "mesh.fsdp": 1,
+                       "mesh.data": -1, "data.batch_size": 4, "data.seq_len": 32})
+  with pytest.raises(train_plan.DoesNotFit) as e:
+    command.make_plan(big, "v5e-4", sampling=False)
+  message = str(e.value)
+  assert "\n" not in message and "v5e-4" in message and "GiB per chip more than the 16 GiB" in message
+  assert "config.mesh.fsdp=-1" in message
+
+
+def test_a_mesh_that_does_not_tile_the_slice_is_the_mesh_error_of_main():
+  _libtpu()
+  from rankjax.models.errors import ConfigError
+  from rankjax.plan import command
+  with pytest.raises(ConfigError, match=r"data\*fsdp\*tensor = 8 but this run has 4 devices"):
+    command.make_plan(tiny_config(**{"mesh.fsdp": 8}), "v5p-8", sampling=False)
+
+
+def test_planned_shardings_equal_those_of_a_real_run_on_8_cpu_devices():
+  """The abstract state the plan compiles and the state `rankjax.main` creates (`loop.create_state`, 8 CPU devices,
+  the same mesh) have the same shardings leaf by leaf; the batch's too; and the step compiled for v4-16 (8 chips)
+  takes its inputs in exactly those shardings."""
+  _libtpu()
+  config = tiny_config(**{"mesh.fsdp": 4, "mesh.data": 2})
+  model = models.build_model(config.model)
+  cpu_mesh = loop.make_run_mesh(config)
+  real = loop.create_state(config, model, cpu_mesh)
+  planned = train_state_layout.abstract_state(config, model, cpu_mesh)
+  describe = lambda state: [(x.shape, x.dtype, _normal(x.sharding.spec)) for x in jax.tree.leaves(state)]  # noqa: E731
+  assert jax.tree.structure(real.opt_state) == jax.tree.structure(planned.opt_state)
+  assert describe(real) == describe(planned)
+  assert any(spec for _, _, spec in describe(real))  # FSDP shards some
+
+  topology = topologies.get("v4-16")
+  devices = topologies.devices(topology)
+  tpu_mesh = models.make_mesh(2, 4, 1, devices=devices)
+  tpu_state = train_state_layout.abstract_state(config, model, tpu_mesh)
+  shardings = jax.tree.map(lambda s: s.sharding, tpu_state)
+  batch_sharding = train_state_layout.batch_sharding(tpu_mesh, 16, process_count=1, quiet=True)
+  inputs = train_state_layout.abstract_step_inputs(config, tpu_mesh, batch_sharding)
+  compiled = train_state_layout.jit_train_step(config, model, shardings, tpu_mesh).lower(tpu_state, *inputs).compile()
+  got = [_normal(s.spec) for s in jax.tree.leaves(compiled.input_shardings[0])]
+  want = ([_normal(x.sharding.spec) for x in jax.tree.leaves(real)]
+          + [_normal(loop._batch_sharding(cpu_mesh, 16).spec)] * len(train_state_layout.BATCH_DTYPES) + [()] * 3)
+  assert got == want
+
+
+def _normal(spec: P) -> tuple:
+  """A PartitionSpec without trailing Nones (P('fsdp', None) and P('fsdp') shard alike)."""
+  parts = list(spec)
+  while parts and parts[-1] is None:
+    parts.pop()
+  return tuple(parts)
+
+
+@pytest.mark.multiprocess
+def test_command_end_to_end_writes_plan_json_and_md(tmp_path, timeouts):
+  _libtpu()
+  out = tmp_path / "plan"
+  cmd = [sys.executable, "-m", "rankjax.plan", "--config=configs/synthetic_sft.py", "--topology=v5p-8",
+         f"--workdir={out}", "--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.data.seq_len=64",
+         "--config.eval.batch_size=8", "--config.eval.max_new_tokens=32", "--prompt_len=32"]
+  limit = timeouts.calibrated(floor_s=600, calibrations=60)
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=limit.seconds,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 0, result.stderr[-3000:]
+  plan = json.loads((out / "plan.json").read_text())
+  assert plan["train"]["fits"] and plan["sampling"]["fits"]
+  assert plan["train"]["topology"] == "v5p-8" and plan["train"]["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert plan["sampling"]["memory_per_chip_bytes"]["kv_cache"] > 0
+  text = (out / "plan.md").read_text()
+  assert "## Train step: fits" in text and "## Sampling engine: fits" in text and "all-gather" in text
+  assert "Roofline at 40% MFU" in result.stdout
+
+  bad = subprocess.run(cmd[:4] + ["--topology=v5p-7"], capture_output=True, text=True, timeout=limit.seconds,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert bad.returncode == 2 and "unknown TPU topology 'v5p-7'" in bad.stderr
+
+
+def test_xla_out_of_memory_messages_are_read():
+  from rankjax.plan.train_plan import oom_excess
+  gib = 1024 ** 3
+  assert oom_excess("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+                    "(45.12G) exceeds available HBM (15.75G).", gib) == pytest.approx((45.12 - 15.75 + 1) * gib, rel=1e-6)
+  assert oom_excess("Ran out of memory in memory space hbm. Used 120.5G of 95.74G hbm. Exceeded hbm capacity by "
+                    "24.76G.", 0) == pytest.approx(24.76 * gib, rel=1e-6)
+  assert oom_excess("INTERNAL: something else", 0) is None
