@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import pytest
 
 from rankjax.train import loop
+from rankjax.train import state as train_state_layout
 from tests.helpers import tiny_run_config
 
 
 def test_first_nonfinite_step_is_named_at_the_next_log_step(tmp_path, monkeypatch):
-  real = loop.make_train_step
+  real = train_state_layout.make_train_step
 
-  def poisoned(model, loss_config, schedule):
-    step = real(model, loss_config, schedule)
+  def poisoned(model, loss_config, schedule, mesh=None):
+    step = real(model, loss_config, schedule, mesh)
 
     def wrapped(state, batch, diagnose=None):
       new_state, metrics = step(state, batch, diagnose)
@@ -23,7 +24,7 @@ def test_first_nonfinite_step_is_named_at_the_next_log_step(tmp_path, monkeypatc
       return (jax_tree_where(bad, state, new_state)), metrics
     return wrapped
 
-  monkeypatch.setattr(loop, "make_train_step", poisoned)
+  monkeypatch.setattr(train_state_layout, "make_train_step", poisoned)  # the step the loop jits
   config = tiny_run_config(total_steps=6, log_every=5, checkpoint_every=5)
   workdir = str(tmp_path / "run")
   with pytest.raises(FloatingPointError, match=r"^step 3: .*at step 5.*last good checkpoint \(step None\)"):

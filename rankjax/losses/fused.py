@@ -71,7 +71,9 @@ def _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_optio
     # Diagnostics on this step only: the statistics the weights do not need are neutral values otherwise.
     def lean_padded(x):
       stats, topk, lse = compute_with(lean, x)
-      return padded_stats(stats, full), topk, lse
+      # the neutral values are constants: typed (under shard_map) to vary like the chunk, as the other branch's
+      padded = jax.tree.map(lambda v: _to_common_vma(v, x[0])[0], padded_stats(stats, full))
+      return padded, topk, lse
     return jax.lax.cond(diagnose, lambda x: compute_with(full, x), lean_padded, args)
 
   def one(args):

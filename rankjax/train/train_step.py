@@ -6,11 +6,12 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+from jax.sharding import PartitionSpec as P
 
 from rankjax import losses
 from rankjax.losses import token_histograms
 from rankjax.models import params as model_params
-from rankjax.models.sharding import activation_sharding
+from rankjax.models.sharding import BATCH_AXES, activation_sharding
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 
@@ -19,6 +20,24 @@ def model_logits(model, params, micro: dict, return_hidden: bool = False):
   """Logits [b, T, V] of one micro-batch, or (hidden [b, T, d], LM-head kernel [d, V])."""
   return model.apply({"params": params}, micro["inputs"], positions=micro["positions"],
                      segment_ids=micro["segment_ids"], return_hidden=return_hidden)
+
+
+def _local_loss_axes(mesh, loss_config, fused: bool, micro_batch: int):
+  """The batch axes of `mesh` over which the fused loss runs per device (`jax.shard_map`: each device its own
+  rows' token chunks, the LM head gathered once, d kernel summed once), or None for XLA's own partitioning: no
+  mesh, the dense loss, a vocabulary split over "tensor", token dumps (they show the global batch's first rows), a
+  micro-batch the batch axes do not divide, or no batch axis of size > 1.
+
+  Why: left to XLA, the chunk loop over the flattened tokens of an FSDP-sharded batch ran replicated, each chip
+  all-reducing every chunk's [chunk, V] float32 logits (`python -m rankjax.plan`: 600 GiB per step and chip for
+  Qwen2.5-7B on v5p-8)."""
+  if mesh is None or not fused or loss_config.dump_tokens or mesh.shape.get("tensor", 1) > 1:
+    return None
+  axes = tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+  ways = 1
+  for a in axes:
+    ways *= mesh.shape[a]
+  return axes if axes and micro_batch % ways == 0 else None
 
 
 def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None):
@@ -57,14 +76,28 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None):
   def head(params, micro):
     return model_logits(model, params, micro, return_hidden)
 
+  def loss_of_head(head_out, micro, context, diagnose):
+    axes = _local_loss_axes(mesh, loss_config, return_hidden, micro["targets"].shape[0])
+    if axes is None:
+      return losses.head_loss(head_out, micro["targets"], micro["loss_mask"], loss_config, context=context,
+                              diagnose=diagnose)
+
+    def local(hidden, kernel, targets, mask, context, diagnose):
+      loss, aux = losses.head_loss((hidden, kernel), targets, mask, loss_config, context=context, diagnose=diagnose,
+                                   axis_name=axes)
+      loss = jax.lax.psum(loss, axes)  # each device holds its share of the global-batch loss; the other aux are global
+      return loss, dict(aux, loss=loss) if "loss" in aux else aux
+    rows = P(axes)
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P()), out_specs=P())(
+        *head_out, micro["targets"], micro["loss_mask"], context, diagnose)
+
   def step(state: train_state.TrainState, batch: dict, diagnose=None):
     with activation_sharding(mesh):
       return _step(state, batch, diagnose)
 
   def _step(state: train_state.TrainState, batch: dict, diagnose=None):
     def micro_loss(params, micro, context):
-      return losses.head_loss(head(params, micro), micro["targets"], micro["loss_mask"], loss_config,
-                              context=context, diagnose=diagnose)
+      return loss_of_head(head(params, micro), micro, context, diagnose)
 
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
