@@ -5,8 +5,11 @@ backward of the LM-head loss alone at N tokens, vocabulary V, width d, compiled 
 Prints XLA's FLOPs and bytes accessed (its cost model, per execution) and the compiled temporaries, with ratios to
 fused CE. XLA counts a loop's body once, and the fused loss loops over token chunks, so its FLOPs and bytes come
 from a compile of one chunk (N = token_chunk: a loop of one iteration) times N / token_chunk, every part of the
-loss being linear in N; its temporaries from the compile at the full N. A hardware-faithful proxy until an
-accelerator is measured: a compiled program's costs, not its time.
+loss being linear in N; its temporaries from the compile at the full N. The fused backward also loops, over
+vocabulary slices (`vocab_chunk`), and XLA counts that loop's body once too: the fused rows' FLOPs and bytes
+undercount the backward, so compare fused rows with each other (same loops), not with the dense rows or the
+analytic count. A hardware-faithful proxy until an accelerator is measured: a compiled program's costs, not its
+time.
 
   python benchmarks/tpu_loss_plan.py                          # v5p, N=8192, V=151936, d=3584, bf16
   python benchmarks/tpu_loss_plan.py --topology v5e-4 --n 4096
@@ -82,7 +85,8 @@ def main() -> None:
   print(f"# LM-head loss, forward + backward, compiled for one {devices[0].device_kind} chip ({topology.name}); "
         f"N={args.n}, V={args.v}, d={args.d}, bf16 inputs, token_chunk={args.token_chunk} ({chunks} chunks); "
         f"JAX {jax.__version__}")
-  print("Fused rows: FLOPs and bytes = XLA's count for one chunk x the chunk count; temporaries at the full N.\n")
+  print("Fused rows: FLOPs and bytes = XLA's count for one chunk x the chunk count (the backward's vocabulary-slice "
+        "loop still counted once: compare fused rows with each other); temporaries at the full N.\n")
   rows = {}
   for name, (fused, fields) in METHODS.items():
     fn = loss_fn(fused, fields)

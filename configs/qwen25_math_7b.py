@@ -9,10 +9,14 @@ python -m rankjax.main --config=configs/qwen25_math_7b.py --workdir=/runs/qwen25
   with problem/solution (or messages) fields; it is prepared once as a TFDS dataset.
 - Prompts use the checkpoint's chat template with the Qwen2.5-Math chain-of-thought system
   prompt; the loss covers each solution and its end-of-turn tokens.
-- Sized for 8 x 80 GB GPUs (or a TPU v5p-8): bf16 parameters, float32 Adam moments, FSDP over
+- Sized for a TPU v5p-8 (or 8 x 80 GB GPUs): bf16 parameters, float32 Adam moments, FSDP over
   every device, per-layer rematerialisation, a global batch of 256 x 2048 packed tokens in 16
   accumulation micro-steps, 39 optimizer steps (one epoch). WORKDIR/hf gets the fine-tuned
   checkpoint in HF format at the end (loadable by transformers and vLLM).
+- Planned, not yet measured on a chip (`python -m rankjax.plan --config=configs/qwen25_math_7b.py --topology=v5p-8
+  --config.init_from=configs/architectures/Qwen2.5-Math-7B`, JAX 0.10.2, libtpu 0.0.42.1): the step fits v5p-8
+  at 42.6 GiB per chip of 95 (parameters 3.6, Adam moments 14.2, temporaries 23.6), the evaluation engine at
+  19.7 GiB; other slices: the README's fit table. The 8-GPU claim is not checked (no GPU compile here).
 - RankTuner's bound form (spec section 3), as the reference implementation trains: no E[R] and no sort;
   the exact form: --config.loss.form=exact. Baselines: --config.loss.name=sft | dft | talr | eaft.
 - Evaluate with configs/eval_math.py (the paper's protocol): python -m rankjax.evaluate

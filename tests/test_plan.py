@@ -95,6 +95,7 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   assert stats["partial"] is False
 
 
+@pytest.mark.slow
 def test_tiny_step_fits_and_bytes_grow_with_the_micro_batch(v5e_plans):
   small, large = v5e_plans
   for plan in v5e_plans:
@@ -170,6 +171,7 @@ def _normal(spec: P) -> tuple:
 
 
 @pytest.mark.multiprocess
+@pytest.mark.slow
 def test_command_end_to_end_writes_plan_json_and_md(tmp_path, timeouts):
   _libtpu()
   out = tmp_path / "plan"

@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 
@@ -87,6 +87,7 @@ def write_plan(plan: dict, workdir: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # JAX logs at INFO that this machine has no TPU backend: it needs none
   from rankjax.plan import train_plan  # noqa: PLC0415
   config_name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
   topology = _FLAGS["topology"].value
