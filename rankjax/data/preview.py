@@ -33,8 +33,8 @@ def render_example(tokenizer, inputs, targets, mask, color: bool) -> str:
 def preview(config, n: int, workdir: str, color: bool = False) -> str:
   """The text shown for the first `n` packed examples of the run's data."""
   init = models.resolve_init_from(config.init_from)
-  vocab_size = models.read_hf_config(init.path).vocab_size if init.kind == "hf" else config.model.vocab_size
-  tokenizer, pipe = stream.make_pipeline(config, workdir, vocab_size, init.hf_dir)
+  vocab_size = models.read_model_config(init.path).vocab_size if init.pretrained else config.model.vocab_size
+  tokenizer, pipe = stream.make_pipeline(config, workdir, vocab_size, init.pretrained)
   lines, shown = [], 0
   try:
     while shown < n:

@@ -17,11 +17,11 @@ from rankjax.data.bpe import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from rankjax.data.tokenizer import resolve_tokenizer
 
 
-def run_tokenizer(config, workdir: str, vocab_size: int, hf_dir: str = "", records=None) -> HFTokenizer:
+def run_tokenizer(config, workdir: str, vocab_size: int, pretrained: str = "", records=None) -> HFTokenizer:
   """Returns the run's tokenizer (see `resolve_tokenizer`); a new BPE is trained on the source's training
   texts (`sources.tokenizer_texts`) only when there is none yet."""
   texts = sources.tokenizer_texts(config.data, records)  # a generator: read only if a BPE is trained
-  return resolve_tokenizer(config.data.tokenizer_path, hf_dir, workdir, vocab_size, texts)
+  return resolve_tokenizer(config.data.tokenizer_path, pretrained, workdir, vocab_size, texts)
 
 
 def make_formatter(data_config, tokenizer: HFTokenizer) -> formatting.Formatter:
@@ -43,11 +43,11 @@ def pipeline_options(config) -> pipeline.PipelineOptions:
       prefetch=d.prefetch, num_epochs=d.num_epochs, process_index=jax.process_index(), process_count=n)
 
 
-def make_pipeline(config, workdir: str, vocab_size: int, hf_dir: str = ""):
+def make_pipeline(config, workdir: str, vocab_size: int, pretrained: str = ""):
   """Returns (tokenizer, SFTPipeline) of a run config; raises before training if no record is usable."""
   records = sources.load_records(config.data)
-  trained_here = not (config.data.tokenizer_path or hf_dir or os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)))
-  tokenizer = run_tokenizer(config, workdir, vocab_size, hf_dir, records)  # trained on the clean texts
+  trained_here = not (config.data.tokenizer_path or pretrained or os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)))
+  tokenizer = run_tokenizer(config, workdir, vocab_size, pretrained, records)  # trained on the clean texts
   if float(config.data.response_noise.rate) > 0:
     records = response_noise.NoisyRecords(records, float(config.data.response_noise.rate),
                                           int(config.data.response_noise.seed))

@@ -7,17 +7,23 @@ from collections.abc import Iterable
 
 import tokenizers
 
+from rankjax import models
+
 from rankjax.data import bpe
+from rankjax.data.gguf_tokenizer import load_gguf_tokenizer
 from rankjax.data.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, HFTokenizer, load_hf_tokenizer
 
 
 def load_tokenizer(path: str) -> HFTokenizer:
-  """Returns the tokenizer at `path`: an HF checkpoint / tokenizer directory, or a tokenizer.json file.
+  """Returns the tokenizer at `path`: an HF checkpoint / tokenizer directory, a tokenizer.json file, or a GGUF file
+  (the tokenizer in its metadata).
 
   A tokenizer.json with no tokenizer_config.json beside it is taken to be a rankjax BPE (<bos>, <eos>, <pad>).
   FileNotFoundError naming the path when there is no tokenizer there.
   """
   path = os.path.expanduser(path)
+  if models.is_gguf(path):
+    return load_gguf_tokenizer(path)
   folder = path if os.path.isdir(path) else os.path.dirname(path)
   if os.path.isdir(path) or os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
     return load_hf_tokenizer(folder)

@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 
 from rankjax.models.errors import ConfigError
 from rankjax.models import config as model_config
-from rankjax.models import hf_config, hf_keys, sharding
+from rankjax.models import gguf_checkpoint, hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer, build_model
 from rankjax.models.params import abstract_params
 from rankjax.models.safetensors_io import CheckpointReader, PendingTensor, write_checkpoint
@@ -73,13 +73,15 @@ def _flat_paths(tree, prefix=()):
     yield prefix
 
 
-INIT_KINDS = ("none", "hf", "workdir")
+INIT_KINDS = ("none", "hf", "gguf", "workdir")
+PRETRAINED_KINDS = ("hf", "gguf")  # checkpoints that bring their architecture and tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class InitFrom:
   """What a run's `init_from` points at: kind "none" (""), "hf" (a Hugging Face checkpoint directory:
-  config.json next to *.safetensors) or "workdir" (a rankjax workdir, or its checkpoints/ folder)."""
+  config.json next to *.safetensors), "gguf" (a llama.cpp GGUF file) or "workdir" (a rankjax workdir, or its
+  checkpoints/ folder)."""
 
   kind: str
   path: str = ""
@@ -89,6 +91,12 @@ class InitFrom:
     """Returns the HF checkpoint directory, or "" when init_from is not one."""
     return self.path if self.kind == "hf" else ""
 
+  @property
+  def pretrained(self) -> str:
+    """Returns the pretrained checkpoint (HF directory or GGUF file) that brings the architecture and tokenizer, or
+    "" (none, or a rankjax workdir)."""
+    return self.path if self.kind in PRETRAINED_KINDS else ""
+
 
 def resolve_init_from(path: str) -> InitFrom:
   """Returns what `path` (config.init_from) is; FileNotFoundError naming the path when it is neither an HF
@@ -96,13 +104,17 @@ def resolve_init_from(path: str) -> InitFrom:
   if not path:
     return InitFrom("none")
   path = os.path.expanduser(path)
+  if gguf_checkpoint.is_gguf(path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"init_from: no GGUF file at {path}")
+    return InitFrom("gguf", path)
   if os.path.isfile(os.path.join(path, "config.json")) and any(
       f.endswith(".safetensors") or f == "model.safetensors.index.json" for f in os.listdir(path)):
     return InitFrom("hf", path)
   if _is_checkpoints_dir(path) or _has_checkpoints_dir(path):
     return InitFrom("workdir", path)
-  raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors) "
-                          f"nor a rankjax workdir (a directory with checkpoints/)")
+  raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors), "
+                          f"a GGUF file (*.gguf) nor a rankjax workdir (a directory with checkpoints/)")
 
 
 # Model fields that decide the parameters' shapes: an init_from workdir must have been trained with the same.
@@ -143,10 +155,18 @@ def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> N
                       "set config.model to the sizes of that run")
 
 
+def read_model_config(path: str):
+  """The rankjax model config (float32, no remat) of a pretrained checkpoint: an HF directory (its config.json), a
+  config.json file, or a GGUF file (its metadata)."""
+  if gguf_checkpoint.is_gguf(path):
+    return hf_config.config_from_hf(gguf_checkpoint.read_gguf_hf_config(path), path)
+  return hf_config.read_hf_config(path)
+
+
 def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides) -> Transformer:
   """The rankjax model of checkpoint `path`'s config.json, in compute dtype `dtype` and params in
   `param_dtype` (default: `dtype`); `overrides` set further model fields (remat, attention_impl, ...)."""
-  c = hf_config.read_hf_config(path)
+  c = read_model_config(path)
   c.dtype = _dtype_name(dtype)
   c.param_dtype = _dtype_name(param_dtype or dtype)
   for key, value in overrides.items():
@@ -157,14 +177,14 @@ def build_hf_model(path: str, dtype=jnp.bfloat16, param_dtype=None, **overrides)
 
 
 def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=None):
-  """The parameters of `model` read from safetensors checkpoint directory `path`.
+  """The parameters of `model` read from safetensors checkpoint directory `path` (or GGUF file `path`, dequantised).
 
   Tensors are memory-mapped and converted one at a time; with `mesh`, every parameter is
   created directly in its NamedSharding (from the logical axes and `rules`, default
   `sharding.DEFAULT_RULES`) and each device reads only its own slice. Raises ValueError
   naming the tensor for a missing, unexpected or mis-shaped tensor.
   """
-  reader = CheckpointReader(path)
+  reader = gguf_checkpoint.GGUFCheckpoint(path) if gguf_checkpoint.is_gguf(path) else CheckpointReader(path)
   logical, abstract = abstract_params(model)
   shardings = sharding.param_shardings(logical, abstract, mesh, rules) if mesh is not None else None
   mapping = hf_keys.key_map(model.config)
@@ -203,7 +223,8 @@ def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=N
 
 def from_pretrained(path: str, dtype=jnp.bfloat16, mesh: Mesh | None = None, rules=None, param_dtype=None,
                     **overrides):
-  """(model, params) of a local Hugging Face checkpoint directory (config.json + *.safetensors).
+  """(model, params) of a local Hugging Face checkpoint directory (config.json + *.safetensors), or of a GGUF file
+  (llama architecture; quantised tensors are dequantised to `param_dtype`).
 
   `model.apply({"params": params}, input_ids)` gives logits [B, T, vocab]. `dtype` is the
   compute dtype and, unless `param_dtype` is given, the parameter dtype. With `mesh` the

@@ -34,10 +34,11 @@ class DoesNotFit(Exception):
 
 def plan_model(config):
   """The run's model without reading any weight: the architecture of init_from's config.json (an HF checkpoint, or
-  only its config.json) with config.model's runtime fields, else config.model."""
+  only its config.json) or GGUF metadata with config.model's runtime fields, else config.model."""
   from rankjax.train.loop import HF_RUNTIME_FIELDS  # noqa: PLC0415
   path = os.path.expanduser(config.init_from)
-  if path and os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints")):
+  hf_dir = os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
+  if path and (hf_dir or (models.is_gguf(path) and os.path.isfile(path))):  # a GGUF file: its metadata only
     runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
     return models.build_hf_model(path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
   if path and not os.path.exists(path):

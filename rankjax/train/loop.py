@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rankjax import models
 from rankjax.models import flops
 from rankjax.data import stream
+from rankjax.data.gguf_tokenizer import save_hf_tokenizer
 from rankjax.rundir import atomic, layout
 from rankjax.train import checkpointing
 from rankjax.train import config as run_config
@@ -45,7 +46,7 @@ HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 def build_run_model(config, init: models.InitFrom):
   """The run's model: config.model, or the architecture of the HF checkpoint `init` points at, with
   config.model's runtime fields (dtype, param_dtype, remat, attention_impl)."""
-  if init.kind != "hf":
+  if not init.pretrained:
     return models.build_model(config.model)
   runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
   return models.build_hf_model(init.path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
@@ -77,7 +78,7 @@ def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> d
   models.check_init_from_workdir(workdir, model.config, resuming=True)  # before config.json is replaced
   os.makedirs(workdir, exist_ok=True)
   write_config(run_config.with_model(config, model.config), workdir)
-  tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.hf_dir)
+  tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.pretrained)
   try:
     return _train(config, workdir, model, data, init, tokenizer, watch)
   finally:
@@ -86,10 +87,13 @@ def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> d
 
 def tokenizer_files_dir(config, workdir: str, init: models.InitFrom) -> str:
   """Where the run's tokenizer files are (copied into an HF export): data.tokenizer_path (its folder when it
-  names a file), else the HF checkpoint of init_from, else WORKDIR (a BPE trained by the run)."""
+  names a file), else the HF checkpoint of init_from, else WORKDIR (a BPE trained by the run); "" when init_from is
+  a GGUF file (its tokenizer is written from its metadata)."""
   path = config.data.tokenizer_path
   if path:
     return os.path.dirname(path) if os.path.isfile(path) else path
+  if init.kind == "gguf":
+    return ""
   return init.hf_dir or workdir
 
 
@@ -193,8 +197,10 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
             flush=True)
     checkpointing.wait(manager)
     if config.export_hf:
-      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"),
-                             copy_files_from=tokenizer_files_dir(config, workdir, init))
+      files = tokenizer_files_dir(config, workdir, init)
+      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=files or None)
+      if not files and jax.process_index() == 0:
+        save_hf_tokenizer(tokenizer, os.path.join(workdir, "hf"))
     finished = True
   finally:
     bar.close()

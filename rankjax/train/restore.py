@@ -40,10 +40,11 @@ def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def _workdir_tokenizer(run, workdir: str, vocab_size: int) -> HFTokenizer:
-  """The tokenizer a rankjax run trained with: data.tokenizer_path, its init_from HF checkpoint's, or its own."""
+  """The tokenizer a rankjax run trained with: data.tokenizer_path, its init_from HF checkpoint's or GGUF file's,
+  or its own."""
   candidates = [run.data.tokenizer_path]
   init = run.get("init_from", "")
-  if init and os.path.isfile(os.path.join(init, "config.json")):
+  if init and (os.path.isfile(os.path.join(init, "config.json")) or models.is_gguf(init)):
     candidates.append(init)
   candidates.append(os.path.join(workdir, "tokenizer.json"))
   for path in (c for c in candidates if c):
@@ -57,7 +58,7 @@ def _workdir_tokenizer(run, workdir: str, vocab_size: int) -> HFTokenizer:
 
 
 def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
-  """Loads an HF checkpoint directory or a rankjax workdir (latest checkpoint) onto `mesh` (None: the first
+  """Loads an HF checkpoint directory, a GGUF file or a rankjax workdir (latest checkpoint) onto `mesh` (None: the first
   device), in compute dtype `dtype` ("": bfloat16 for HF checkpoints, the run's own for a rankjax workdir)."""
   if mesh is None:
     mesh = models.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -65,7 +66,7 @@ def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
   if init.kind == "none":
     raise ValueError("eval config: checkpoint is empty; set --config.checkpoint=PATH (an HF checkpoint directory "
                      "or a rankjax workdir)")
-  if init.kind == "hf":
+  if init.pretrained:
     model = models.build_hf_model(init.path, dtype or "bfloat16")
     params = models.load_params(model, init.path, mesh)
     return Checkpoint(model, params, load_tokenizer(init.path), describe={"checkpoint": os.path.abspath(init.path)})

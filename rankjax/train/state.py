@@ -59,7 +59,7 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   init = models.resolve_init_from(config.init_from) if init is None else init
   tx = run_optimizer(config)
   shardings = state_shardings(model, tx, mesh)
-  if init.kind == "hf":
+  if init.pretrained:
     params = models.load_params(model, init.path, mesh)
   elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
     params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
