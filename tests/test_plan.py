@@ -62,7 +62,7 @@ def test_collectives_counted_per_loop_iteration():
 %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
   %p = (s32[], f32[8]) parameter(0)
   %x = f32[8]{0} get-tuple-element(%p), index=1
-  %ag = f32[32]{0} all-gather(%x), dimensions={0}
+  %ag = f32[32]{0} all-gather(%x), dimensions={0}, metadata={op_name="jit(step)/mlp/dot_general" source_line=3}
   ROOT %t = (s32[], f32[8]) tuple(%i, %x)
 }
 
@@ -93,6 +93,10 @@ ENTRY %main (a: f32[8]) -> f32[8] {
   assert stats["reduce-scatter"] == {"count": 1, "bytes": 16}
   assert stats["all-reduce"] == {"count": 1, "bytes": 8}  # the start's output buffer; the done is not counted
   assert stats["partial"] is False
+  top = stats["largest"][0]
+  assert (top["kind"], top["shape"], top["op_name"], top["count"], top["bytes"]) == (
+      "all-gather", "f32[32]{0}", "jit(step)/mlp/dot_general", 5, 640)
+  assert [g["kind"] for g in stats["largest"]] == ["all-gather", "reduce-scatter", "all-reduce"]
 
 
 @pytest.mark.slow

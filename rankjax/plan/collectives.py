@@ -6,7 +6,9 @@ the bound of its condition when that is `counter < constant` (how `lax.scan` and
 0); a loop whose trip count is neither counts once and the result says `partial`. Both branches of a conditional
 count (an upper bound). XLA:TPU fuses a reduce-scatter as an all-reduce and a slice in a computation it names
 `all-reduce-scatter*`: that counts as one reduce-scatter. Bytes are those of the collective's result on one
-device (for an async `*-start`, its last tuple element: the output buffer).
+device (for an async `*-start`, its last tuple element: the output buffer). `largest` lists, per kind, the collectives that
+move the most bytes per step, each with its shape and the JAX operation it came from (the HLO's `op_name`), to find
+where an unexpected one comes from.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ _CALLS = re.compile(r"\b(?:calls|body|to_apply|branch_computations|true_computat
                     r"(\{[^}]*\}|%?[\w.\-]+)")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
 _FUSED_REDUCE_SCATTER = "all-reduce-scatter"
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+LARGEST = 3  # per kind
 
 
 def _array_bytes(shape_text: str) -> list[int]:
@@ -72,12 +76,23 @@ def _trip_count(while_rest: str, computations: dict) -> int | None:
   return None
 
 
-def collective_stats(hlo_text: str) -> dict:
-  """{"<kind>": {"count": n, "bytes": b}, ..., "partial": bool} per execution of the program whose optimised HLO is
-  `hlo_text` (e.g. `compiled.as_text()`), on one device."""
+def collective_stats(hlo_text: str, largest: int = LARGEST) -> dict:
+  """{"<kind>": {"count": n, "bytes": b}, ..., "partial": bool, "largest": [...]} per execution of the program whose
+  optimised HLO is `hlo_text` (e.g. `compiled.as_text()`), on one device. "largest": for each kind, the `largest`
+  (kind, result shape, op_name) groups with the most bytes per step, each {"kind", "shape", "op_name", "count",
+  "bytes"}, all sorted by bytes."""
   computations, entry = _parse(hlo_text)
   totals = {kind: collections.Counter() for kind in KINDS}
+  groups: dict[tuple, collections.Counter] = collections.defaultdict(collections.Counter)
   partial = False
+
+  def record(kind: str, shape: str, rest: str, times: int, nbytes: int) -> None:
+    totals[kind]["count"] += times
+    totals[kind]["bytes"] += times * nbytes
+    op_name = _OP_NAME.search(rest)
+    group = groups[(kind, shape.strip(), op_name.group(1) if op_name else "")]
+    group["count"] += times
+    group["bytes"] += times * nbytes
 
   def visit(name: str, times: int, seen: tuple) -> None:
     nonlocal partial
@@ -87,14 +102,12 @@ def collective_stats(hlo_text: str) -> dict:
       base = opcode.removesuffix("-start")
       if base in KINDS and not opcode.endswith("-done"):
         sizes = _array_bytes(shape)
-        totals[base]["count"] += times
-        totals[base]["bytes"] += times * (sizes[-1] if opcode.endswith("-start") and sizes else sum(sizes))
+        record(base, shape, rest, times, sizes[-1] if opcode.endswith("-start") and sizes else sum(sizes))
       called = []
       for ref in _CALLS.findall(rest):
         called += [c.strip().lstrip("%") for c in ref.strip("{}").split(",") if c.strip()]
       if opcode == "fusion" and any(c.startswith(_FUSED_REDUCE_SCATTER) for c in called):
-        totals["reduce-scatter"]["count"] += times
-        totals["reduce-scatter"]["bytes"] += times * sum(_array_bytes(shape))
+        record("reduce-scatter", shape, rest, times, sum(_array_bytes(shape)))
         continue
       if opcode == "while":
         trip = _trip_count(rest, computations)
@@ -111,4 +124,8 @@ def collective_stats(hlo_text: str) -> dict:
     visit(entry, 1, ())
   out = {kind: {"count": int(c["count"]), "bytes": int(c["bytes"])} for kind, c in totals.items()}
   out["partial"] = partial
+  ranked = sorted(groups.items(), key=lambda item: -item[1]["bytes"])
+  kept = [item for kind in KINDS for item in [g for g in ranked if g[0][0] == kind][:largest]]
+  out["largest"] = [{"kind": kind, "shape": shape, "op_name": op_name, "count": int(c["count"]),
+                     "bytes": int(c["bytes"])} for (kind, shape, op_name), c in sorted(kept, key=lambda g: -g[1]["bytes"])]
   return out

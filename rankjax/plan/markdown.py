@@ -39,10 +39,15 @@ def render(plan: dict) -> str:
             "| collective per step | count | GiB per chip |", "|---|---:|---:|"]
   c = t["collectives_per_step"]
   for kind, v in c.items():
-    if kind != "partial":
+    if kind not in ("partial", "largest"):
       lines.append(f"| {kind} | {v['count']} | {_g(v['bytes'])} |")
   if c["partial"]:
     lines.append("\nSome loop's trip count is unknown: those collectives are counted once.")
+  if c.get("largest"):
+    lines += ["", "Largest collectives of each kind per step (the JAX operation is the HLO's op_name):", "",
+              "| kind | result shape | count | GiB per chip | JAX operation |", "|---|---|---:|---:|---|"]
+    for g in c["largest"]:
+      lines.append(f"| {g['kind']} | `{g['shape']}` | {g['count']} | {_g(g['bytes'])} | `{g['op_name'][-120:]}` |")
   lines += ["", f"Compile: {t['compile_seconds']:.1f} s (lowering {t['lower_seconds']:.1f} s)."]
   s = plan.get("sampling")
   if s:
