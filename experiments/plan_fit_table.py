@@ -33,14 +33,17 @@ def cell_dir(out: str, model: str, loss: str, topology: str) -> str:
   return os.path.join(out, model, loss, topology)
 
 
-def plan_cell(out: str, model: str, loss: str, topology: str, min_micro: int) -> dict:
+def plan_cell(out: str, model: str, loss: str, topology: str, min_micro: int, compile_missing: bool = True) -> dict:
   """Plans one cell, halving the micro-batch until it fits (or reaches min_micro); returns its last plan.json
-  (with "exit" and "message" added) or {"exit": rc, "message": ...} when no plan was written."""
+  (with "exit" and "message" added) or {"exit": rc, "message": ...} when no plan was written. Without
+  `compile_missing`, a cell with no plan yet is {"exit": None, "message": "not planned"}."""
   accum = 16
   while True:
     workdir = os.path.join(cell_dir(out, model, loss, topology), f"micro{GLOBAL_BATCH // accum}")
     path = os.path.join(workdir, "plan.json")
-    if not os.path.exists(path):
+    if not os.path.exists(os.path.join(workdir, "exit.json")) and not compile_missing:
+      return {"exit": None, "message": ""}
+    if not os.path.exists(path) and not os.path.exists(os.path.join(workdir, "exit.json")):
       cmd = [sys.executable, "-m", "rankjax.plan", f"--config={MODELS[model]}", f"--topology={topology}",
              f"--workdir={workdir}", "--nosampling", f"--config.init_from=configs/architectures/{model}",
              f"--config.grad_accum_steps={accum}", *LOSSES[loss]]
@@ -64,7 +67,8 @@ def plan_cell(out: str, model: str, loss: str, topology: str, min_micro: int) ->
 def row(model: str, loss: str, topology: str, plan: dict) -> str:
   train = plan.get("train") or {}
   if not train:
-    return f"| {model} | {loss} | {topology} | no | | | | {plan.get('message', '')} |"
+    fits = "not planned" if plan.get("exit") is None else "no"
+    return f"| {model} | {loss} | {topology} | {fits} | | | | {plan.get('message', '')} |"
   m = train["memory_per_chip_bytes"]
   fits = "yes" if train["fits"] else "no"
   step = train["roofline"]["step_seconds"]
@@ -79,11 +83,12 @@ def main() -> None:
   parser.add_argument("--parallel", type=int, default=1)
   parser.add_argument("--min-micro-batch", type=int, default=4)
   parser.add_argument("--cells", default="", help="MODEL:LOSS:TOPOLOGY,... (default: every combination)")
+  parser.add_argument("--report_only", action="store_true", help="print the table of the plans already in OUT")
   args = parser.parse_args()
   cells = ([tuple(c.split(":")) for c in args.cells.split(",")] if args.cells else
            [(m, loss, t) for m in MODELS for loss in LOSSES for t in TOPOLOGIES])
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-    plans = list(pool.map(lambda c: plan_cell(args.out, *c, args.min_micro_batch), cells))
+    plans = list(pool.map(lambda c: plan_cell(args.out, *c, args.min_micro_batch, not args.report_only), cells))
   print("| model | loss | slice | fits | peak / HBM GiB per chip | micro-batch (remat) | step at 40% MFU | compile |")
   print("|---|---|---|---|---:|---:|---:|---:|")
   for cell, plan in zip(cells, plans):
