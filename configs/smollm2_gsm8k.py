@@ -12,7 +12,7 @@ python -m rankjax.evaluate --config=configs/eval_math.py --workdir=/tmp/smollm2_
   in float32 (bfloat16 matmuls are slower than float32 ones on most CPUs).
 - Data: ../shared/data/gsm8k train.jsonl, the first 2,000 problems, in the model's chat template with the
   Qwen2.5-Math CoT system prompt (the prompt rankjax.evaluate's "auto" uses for a chat model), the loss on the
-  solution (GSM8K's worked answer ending in "#### x") and its end-of-turn token; packed 256-token rows, 8 per step.
+  solution (GSM8K's worked answer ending in "#### x") and its end-of-turn token; packed 384-token rows, 8 per step.
 - RankTuner (bound form) by default; --config.loss.name=sft | dft | ... for the baselines, same budget.
 - WORKDIR/hf gets an HF checkpoint (safetensors + tokenizer.json + chat template) that transformers loads.
 """
@@ -43,7 +43,7 @@ def get_config():
   config.data.files.manual_dir = SHARED_GSM8K
   config.data.prompt_format = "chat"
   config.data.system_prompt = MATH_COT_SYSTEM
-  config.data.seq_len = 256
+  config.data.seq_len = 384  # 256 drops a third of the problems (system prompt + problem + solution)
   config.data.batch_size = 8
   config.data.truncation = "drop"
 

@@ -4,8 +4,10 @@ planned with `python -m rankjax.plan` on TPU slices, for RankTuner (bound), Rank
 python experiments/plan_fit_table.py --out=plans/fit_table [--parallel=2] [--cells=MODEL:LOSS:TOPOLOGY,...]
 
 Each cell is one `rankjax.plan` command (train step only) in its own process, writing OUT/<model>/<loss>/<slice>/.
-A cell that does not fit at the config's micro-batch (16 sequences per micro-step, 16 micro-steps, remat per layer)
-is planned again with the micro-batch halved (grad_accum_steps doubled) down to `--min-micro-batch`. A cell whose
+A cell starts at the config's micro-batch (16 sequences per micro-step, 16 micro-steps, remat per layer), or at one
+sequence per chip on slices of more than 16 chips (a micro-batch smaller than the batch ways is replicated: every
+chip would compute all of it); one that does not fit is planned again with the micro-batch halved (grad_accum_steps
+doubled) while it stays at least one sequence per chip and at least `--min-micro-batch`. A cell whose
 plan.json exists is not compiled again. Prints the Markdown table (one row per cell; the README's is this output).
 Each compile takes 5-10 minutes on a 2-core CPU.
 """
@@ -20,6 +22,9 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from rankjax.plan import topologies  # noqa: E402
 MODELS = {"Qwen2.5-Math-7B": "configs/qwen25_math_7b.py", "Qwen3-8B": "configs/qwen3_8b.py"}
 LOSSES = {"ranktuner-bound": ["--config.loss.name=ranktuner", "--config.loss.form=bound"],
           "ranktuner-exact": ["--config.loss.name=ranktuner", "--config.loss.form=exact",
@@ -37,7 +42,8 @@ def plan_cell(out: str, model: str, loss: str, topology: str, min_micro: int, co
   """Plans one cell, halving the micro-batch until it fits (or reaches min_micro); returns its last plan.json
   (with "exit" and "message" added) or {"exit": rc, "message": ...} when no plan was written. Without
   `compile_missing`, a cell with no plan yet is {"exit": None, "message": "not planned"}."""
-  accum = 16
+  chips = topologies.get(topology).chips
+  accum = min(16, GLOBAL_BATCH // chips)
   while True:
     workdir = os.path.join(cell_dir(out, model, loss, topology), f"micro{GLOBAL_BATCH // accum}")
     path = os.path.join(workdir, "plan.json")
@@ -59,7 +65,8 @@ def plan_cell(out: str, model: str, loss: str, topology: str, min_micro: int, co
       with open(path, encoding="utf-8") as f:
         plan = json.load(f)
     plan.update(status)
-    if status["exit"] != 3 or GLOBAL_BATCH // (2 * accum) < min_micro:
+    smaller = GLOBAL_BATCH // (2 * accum)
+    if status["exit"] != 3 or smaller < max(min_micro, chips):
       return plan
     accum *= 2
 
@@ -70,7 +77,7 @@ def row(model: str, loss: str, topology: str, plan: dict) -> str:
     fits = "not planned" if plan.get("exit") is None else "no"
     return f"| {model} | {loss} | {topology} | {fits} | | | | {plan.get('message', '')} |"
   m = train["memory_per_chip_bytes"]
-  fits = "yes" if train["fits"] else "no"
+  fits = ("yes" if train["fits"] else "no") + (" (batch replicated)" if train.get("batch_replicated") else "")
   step = train["roofline"]["step_seconds"]
   return (f"| {model} | {loss} | {topology} | {fits} | {m['peak'] / 2 ** 30:.1f} / {m['hbm'] / 2 ** 30:.0f} | "
           f"{train['batch']['micro_batch']} ({train['model']['remat']}) | {step:.0f} s | "

@@ -207,3 +207,25 @@ def test_xla_out_of_memory_messages_are_read():
   assert oom_excess("Ran out of memory in memory space hbm. Used 120.5G of 95.74G hbm. Exceeded hbm capacity by "
                     "24.76G.", 0) == pytest.approx(24.76 * gib, rel=1e-6)
   assert oom_excess("INTERNAL: something else", 0) is None
+
+
+def test_a_micro_batch_smaller_than_the_batch_ways_is_flagged_and_advised():
+  from rankjax.plan import markdown, train_plan  # noqa: PLC0415
+  config = tiny_config(grad_accum_steps=8, **{"data.batch_size": 64})  # 8 sequences per micro-step
+  assert train_plan.batch_ways(config, 32) == 32 and train_plan.batch_ways(config, 8) == 8
+  advice = train_plan._advice(config, topologies.get("v5e-32"), 2 ** 30)
+  assert "a micro-batch that divides among the 32 batch ways (now 8" in advice and "smaller micro-batch" not in advice
+  assert "config.grad_accum_steps=16: 4 sequences" in train_plan._advice(config, topologies.get("v5e-4"), 2 ** 30)
+  plan = {"config": "c", "command": "x", "train": {
+      "topology": "v5e-32", "chips": 32, "device_kind": "TPU v5 lite", "versions": {"jax": "0", "libtpu": "0"},
+      "fits": True, "memory_per_chip_bytes": dict.fromkeys(("parameters", "optimizer_state", "batch", "outputs_new",
+                                                            "temporaries", "code", "peak", "hbm", "margin"), 0),
+      "batch": {"global_sequences": 64, "seq_len": 64, "grad_accum_steps": 8, "micro_batch": 8},
+      "parameters": 1, "model": {"param_dtype": "float32", "dtype": "float32", "remat": "none"},
+      "loss": {"name": "sft", "form": ""}, "mesh": {"data": 1, "fsdp": 32, "tensor": 1}, "batch_sharding": "P()",
+      "batch_replicated": True, "model_flops_per_step": 1.0, "xla": {"flops_per_chip": 1.0, "note": "n"},
+      "roofline": {"mfu": 0.4, "peak_flops_per_chip": 1e12, "step_seconds": 1.0, "tokens_per_second": 1.0,
+                   "step_seconds_at_peak": 0.4},
+      "collectives_per_step": {"all-gather": {"count": 0, "bytes": 0}, "partial": False, "largest": []},
+      "compile_seconds": 1.0, "lower_seconds": 1.0}}
+  assert "does not divide among the 32 batch ways, so every chip computes all of it" in markdown.render(plan)

@@ -24,8 +24,13 @@ def render(plan: dict) -> str:
             f"{t['model']['dtype']} compute, remat {t['model']['remat']}); loss {t['loss']['name']}"
             f"{' (' + t['loss']['form'] + ')' if t['loss']['form'] and t['loss']['name'] == 'ranktuner' else ''}; "
             f"mesh {t['mesh']}; batch {b['global_sequences']} x {b['seq_len']} in {b['grad_accum_steps']} micro-steps "
-            f"of {b['micro_batch']} (sharding {t['batch_sharding']}).", "",
-            "| per chip | GiB |", "|---|---:|"]
+            f"of {b['micro_batch']} (sharding {t['batch_sharding']}).", ""]
+  if t.get("batch_replicated"):
+    ways = t["mesh"].get("data", 1) * t["mesh"].get("fsdp", 1)
+    lines += [f"**Warning: the micro-batch of {b['micro_batch']} does not divide among the {ways} batch ways, so every "
+              f"chip computes all of it** ({ways}x the work of a split batch; the roofline below does not count "
+              "it). Use a micro-batch that is a multiple of data * fsdp.", ""]
+  lines += ["| per chip | GiB |", "|---|---:|"]
   for key, label in (("parameters", "parameters"), ("optimizer_state", "optimizer state"), ("batch", "batch"),
                      ("outputs_new", "outputs (not aliased)"), ("temporaries", "temporaries"), ("code", "code"),
                      ("peak", "**peak**"), ("hbm", "HBM"), ("margin", "margin")):

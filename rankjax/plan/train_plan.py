@@ -13,6 +13,7 @@ import re
 import time
 
 import jax
+import numpy as np
 
 from rankjax import models
 from rankjax.models import flops
@@ -58,13 +59,25 @@ def check_config(config, topology: Topology) -> None:
   run_config.validate(run_config.with_overrides(config, overrides), device_count=topology.chips)
 
 
+def batch_ways(config, chips: int) -> int:
+  """Returns the number of ways the batch is split on `chips` chips: data * fsdp of config.mesh (-1 resolved)."""
+  sizes = {axis: int(config.mesh[axis]) for axis in models.MESH_AXES}
+  known = int(np.prod([s for s in sizes.values() if s != -1]))
+  sizes = {axis: (chips // known if s == -1 else s) for axis, s in sizes.items()}
+  return int(np.prod([sizes[a] for a in models.sharding.BATCH_AXES]))
+
+
 def _advice(config, topology: Topology, over_bytes: int) -> str:
   ways = {axis: int(config.mesh[axis]) for axis in models.MESH_AXES}
   hints = []
   if ways["fsdp"] != -1 and ways["fsdp"] < topology.chips:
     hints.append("config.mesh.fsdp=-1 (shard parameters and optimizer over every chip)")
   micro = int(config.data.batch_size) // int(config.grad_accum_steps)
-  if micro > 1:
+  split = batch_ways(config, topology.chips)
+  if micro % split:
+    hints.append(f"a micro-batch that divides among the {split} batch ways (now {micro}: every chip computes all of "
+                 "it)")
+  elif micro > 1 and (micro // 2) % split == 0:
     hints.append(f"a smaller micro-batch (config.grad_accum_steps={2 * int(config.grad_accum_steps)}: "
                  f"{micro // 2} sequences per micro-step)")
   if config.model.remat != "layer":
@@ -152,6 +165,8 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
       "topology": topology.name, "libtpu_topology": topology.libtpu_name, "chips": topology.chips,
       "device_kind": devices[0].device_kind,
       "mesh": dict(mesh.shape), "batch_sharding": str(batch_sharding.spec),
+      # a micro-batch that does not divide among the batch ways is replicated: every chip computes all of it
+      "batch_replicated": micro % batch_ways(config, topology.chips) != 0,
       "model": {k: model.config[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                                              "mlp_dim", "dtype", "param_dtype", "remat", "attention_impl")},
       "parameters": models.count_params(state.params),
