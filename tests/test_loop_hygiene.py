@@ -14,11 +14,11 @@ from tests.helpers import tiny_run_config
 def test_first_nonfinite_step_is_named_at_the_next_log_step(tmp_path, monkeypatch):
   real = train_state_layout.make_train_step
 
-  def poisoned(model, loss_config, schedule, mesh=None):
-    step = real(model, loss_config, schedule, mesh)
+  def poisoned(model, loss_config, schedule, mesh=None, **kwargs):
+    step = real(model, loss_config, schedule, mesh, **kwargs)
 
-    def wrapped(state, batch, diagnose=None):
-      new_state, metrics = step(state, batch, diagnose)
+    def wrapped(state, batch, diagnose=None, frozen=None):
+      new_state, metrics = step(state, batch, diagnose, frozen)
       bad = state.step == 2  # the third optimizer step "diverges": refused, state kept
       metrics = dict(metrics, nonfinite=jnp.where(bad, 1.0, metrics["nonfinite"]))
       return (jax_tree_where(bad, state, new_state)), metrics

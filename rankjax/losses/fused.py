@@ -88,15 +88,16 @@ def _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_optio
   return jax.tree.map(lambda o: o.reshape(-1)[:n], outs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8, 9, 10))
 def _fused_stats(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_chunk,
-                 vocab_axis):
+                 vocab_axis, kernel_grad):
+  del kernel_grad
   return _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_axis)[:2]
 
 
 def _fused_stats_fwd(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k, vocab_chunk,
-                     vocab_axis):
-  del vocab_chunk
+                     vocab_axis, kernel_grad):
+  del vocab_chunk, kernel_grad
   stats, topk, lse = _forward(hidden, kernel, targets, active, diagnose, token_chunk, stats_options, eaft_k,
                               vocab_axis)
   return (stats, topk), (hidden, kernel, targets, active, lse)
@@ -110,10 +111,12 @@ def vocab_chunk_size(v: int, target: int) -> int:
   return next((c for c in range(target, max(target // 4, 1) - 1, -1) if v % c == 0), v)
 
 
-def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis, residuals, cotangents):
+def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis, kernel_grad, residuals,
+                     cotangents):
   """Vocabulary chunks outside, token chunks inside: the float32 accumulator of d kernel is one
   [d, vocab_chunk] slice at a time, and d hidden accumulates in float32 across slices. With a
-  sharded vocabulary this device's slices give a partial d hidden, summed over the axis."""
+  sharded vocabulary this device's slices give a partial d hidden, summed over the axis. Without
+  `kernel_grad` d kernel is returned as zeros and never computed."""
   del stats_options, eaft_k
   hidden, kernel, targets, active, lse = residuals
   ct_log_prob = cotangents[0].log_prob.astype(jnp.float32)  # the other statistics are not differentiable
@@ -133,7 +136,10 @@ def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis
       # d log p_t / d z = onehot - softmax, one elementwise expression (no one-hot or softmax buffer).
       onehot = (jnp.arange(vc, dtype=jnp.int32) + first_id + i * vc)[None, :] == t[:, None]
       g = (c[:, None] * (onehot.astype(jnp.float32) - jnp.exp(z - l[:, None]))).astype(h.dtype)
-      return jnp.dot(h.T, g, preferred_element_type=jnp.float32), jnp.dot(g, w.T, preferred_element_type=jnp.float32)
+      dh = jnp.dot(g, w.T, preferred_element_type=jnp.float32)
+      if not kernel_grad:  # a placeholder scalar, varying over the mesh axes as h does (shard_map)
+        return _to_common_vma(jnp.zeros((), jnp.float32), h)[0], dh
+      return jnp.dot(h.T, g, preferred_element_type=jnp.float32), dh
 
     def token_step(d_w, args):
       h, t, c, l, a = args
@@ -143,17 +149,20 @@ def _fused_stats_bwd(token_chunk, stats_options, eaft_k, vocab_chunk, vocab_axis
         dw, dh = jax.lax.cond(jnp.any(a), compute, lambda x: _zeros_like_outputs(compute, x, h), (h, t, c, l))
       return d_w + dw, dh
 
-    d_w0 = _to_common_vma(jnp.zeros((d, vc), jnp.float32), hidden, kernel)[0]
+    d_w0 = _to_common_vma(jnp.zeros((d, vc) if kernel_grad else (), jnp.float32), hidden, kernel)[0]
     d_w, dh = jax.lax.scan(token_step, d_w0, tokens)
-    # Written in place into the carried [d, V] result: no stacked copy to transpose afterwards.
-    d_kernel = jax.lax.dynamic_update_slice_in_dim(d_kernel, d_w.astype(kernel.dtype), i * vc, axis=1)
+    if kernel_grad:  # written in place into the carried [d, V] result: no stacked copy to transpose afterwards
+      d_kernel = jax.lax.dynamic_update_slice_in_dim(d_kernel, d_w.astype(kernel.dtype), i * vc, axis=1)
     return (d_hidden + dh.reshape(-1, d), d_kernel), None
 
   d_hidden0, d_kernel0 = _to_common_vma(jnp.zeros((n_chunks * chunk, d), jnp.float32),
-                                        jnp.zeros(kernel.shape, kernel.dtype), hidden, kernel)[:2]
+                                        jnp.zeros(kernel.shape if kernel_grad else (), kernel.dtype), hidden,
+                                        kernel)[:2]
   (d_hidden, d_kernel), _ = jax.lax.scan(vocab_step, (d_hidden0, d_kernel0), jnp.arange(v // vc))
   if vocab_axis is not None:
     d_hidden = jax.lax.psum(d_hidden, vocab_axis)  # each device saw its vocabulary slice only
+  if not kernel_grad:
+    d_kernel = _to_common_vma(jnp.zeros(kernel.shape, kernel.dtype), hidden, kernel)[0]
   return d_hidden[:n].astype(hidden.dtype), d_kernel, None, None, None
 
 
@@ -202,7 +211,7 @@ def _check_shapes(hidden, kernel, targets):
 def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, token_chunk: int = 128,
                        eaft_top_k: int = 0, mask: jax.Array | None = None, vocab_chunk: int = 16384,
                        vocab_axis_name=None, compact: bool = True, diagnose=None, lean_options: dict | None = None,
-                       **stats_options) -> tuple[TokenStats, jax.Array | None]:
+                       kernel_grad: bool = True, **stats_options) -> tuple[TokenStats, jax.Array | None]:
   """`token_stats(hidden @ kernel, targets, **stats_options)` without materialising the logits,
   plus the top-K entropy (nats, K = min(eaft_top_k, V); None when eaft_top_k is 0).
 
@@ -227,6 +236,8 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   With `vocab_axis_name` (inside shard_map), `kernel` is this device's vocabulary slice
   [d, V / P] of the mesh axis of that name and `targets` hold global ids; the statistics are
   those of the whole vocabulary (see `rankjax.losses.vocab_parallel`).
+
+  `kernel_grad=False`: the kernel is frozen (LoRA); its cotangent is zeros and the backward pass skips its matmul.
   """
   hidden, kernel, targets = jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(targets)
   _check_shapes(hidden, kernel, targets)
@@ -258,7 +269,7 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
   active = _to_common_vma(active, flat_h)[0]
   vocab_axis = tuple(vocab_axis_name) if isinstance(vocab_axis_name, list) else vocab_axis_name
   stats, topk = _fused_stats(flat_h, kernel, flat_t, active, diagnose, int(token_chunk), (full, lean), eaft_k,
-                             int(vocab_chunk), vocab_axis)
+                             int(vocab_chunk), vocab_axis, bool(kernel_grad))
   if order is not None:
     inverse = jnp.argsort(order)
     stats, topk = jax.tree.map(lambda o: o[inverse], (stats, topk))
@@ -270,7 +281,8 @@ def linear_token_stats(hidden: jax.Array, kernel: jax.Array, targets: jax.Array,
 
 def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, mask: jax.Array, config,
                          axis_name=None, context: BatchContext | None = None,
-                         vocab_axis_name=None, diagnose=None, inputs: dict | None = None) -> tuple[jax.Array, dict]:
+                         vocab_axis_name=None, diagnose=None, inputs: dict | None = None,
+                         kernel_grad: bool = True) -> tuple[jax.Array, dict]:
   """`weighted_loss(hidden @ kernel, targets, mask, config, axis_name, context, diagnose, inputs)` with the LM head
   fused: same loss, aux and gradients (w.r.t. hidden and kernel), O(config.token_chunk * V)
   temporary memory. See `rankjax.losses.weighted_loss` for the arguments and the result.
@@ -278,7 +290,7 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
   `axis_name`: the mesh axes the tokens are split over. `vocab_axis_name`: the mesh axis the
   kernel's vocabulary dimension is split over (inside shard_map; `kernel` is then the local
   slice and the vocabulary size is its width times the axis size). Gradients across devices:
-  see `rankjax.losses.global_reduce`.
+  see `rankjax.losses.global_reduce`. `kernel_grad=False`: a frozen LM head (LoRA), whose gradient is not computed.
   """
   hidden, kernel, targets = jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(targets)
   _check_shapes(hidden, kernel, targets)
@@ -292,7 +304,7 @@ def linear_weighted_loss(hidden: jax.Array, kernel: jax.Array, targets: jax.Arra
                                    vocab_chunk=config.vocab_chunk, vocab_axis_name=vocab_axis_name,
                                    compact=config.compact_tokens, diagnose=diagnose,
                                    lean_options=config_stats_options(config, diagnostics=False),
-                                   **config_stats_options(config))
+                                   kernel_grad=kernel_grad, **config_stats_options(config))
   weighted = masked_weights(stats, topk, mask, config, vocab_size, axis_name, context, inputs)
   return reduce_loss(stats, weighted.weights, mask, config, axis_name, weighted.context, targets=targets,
                      diagnose=diagnose, token_loss=weighted.token_loss)

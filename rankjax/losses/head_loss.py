@@ -38,13 +38,16 @@ def _hidden_and_kernel(head):
 
 
 def head_loss(head, targets, mask, config, context: BatchContext | None = None,
-              axis_name=None, diagnose=None, inputs: dict | None = None) -> tuple[jax.Array, dict]:
+              axis_name=None, diagnose=None, inputs: dict | None = None,
+              kernel_grad: bool = True) -> tuple[jax.Array, dict]:
   """(loss, aux) of a head output: the weighted cross-entropy in nats per supervised token of
   the global batch, and the aux scalars of `rankjax.losses.weighted_loss`.
 
   `head` is logits [..., T, V] (dense `weighted_loss`) or (hidden [..., T, d], kernel [d, V])
   (fused `linear_weighted_loss`: same loss, aux and gradients); `targets`, `mask`, `context`,
   `axis_name`, `diagnose` and `inputs` (a scheme's extra per-token inputs) are those of `weighted_loss`.
+  `kernel_grad=False` (a frozen LM head, as under LoRA): the fused backward pass skips d kernel (its cotangent is
+  zero), saving one [chunk, d] x [chunk, V] matmul per token chunk.
   """
   pair = _hidden_and_kernel(head)
   if pair is None:
@@ -52,7 +55,7 @@ def head_loss(head, targets, mask, config, context: BatchContext | None = None,
                          inputs=inputs)
   hidden, kernel = pair
   return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context,
-                              diagnose=diagnose, inputs=inputs)
+                              diagnose=diagnose, inputs=inputs, kernel_grad=kernel_grad)
 
 
 LOG_PROB_ONLY = {"with_expected_rank": False, "with_entropy": False, "with_rank": False}

@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from rankjax.models.cache_write import write_at
+from rankjax.models.lora import LoraSpec, adapter_delta
+from rankjax.models.quantized import projection_kernel
 from rankjax.models.norm import RMSNorm
 from rankjax.models.rope import apply_rotary
 from rankjax.models.sharding import constrain_activations
@@ -45,11 +47,15 @@ class Attention(nn.Module):
   init_std: float = 0.02
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  lora: LoraSpec | None = None
 
   def _proj(self, name, x, heads, axes):
-    kernel = self.param(name, nn.with_logical_partitioning(nn.initializers.normal(self.init_std), axes),
-                        (x.shape[-1], heads, self.head_dim), self.param_dtype)
-    y = jnp.einsum("btd,dhk->bthk", x, kernel.astype(self.dtype))
+    kernel = projection_kernel(self, name, nn.initializers.normal(self.init_std), (x.shape[-1], heads, self.head_dim),
+                               axes, self.param_dtype, self.dtype)
+    y = jnp.einsum("btd,dhk->bthk", x, kernel)
+    delta = adapter_delta(self, name, x, kernel.shape, 1, axes, self.lora, self.dtype, self.param_dtype)
+    if delta is not None:
+      y = y + delta
     if self.qkv_bias:
       bias = self.param(name + "_bias", nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
                         (heads, self.head_dim), self.param_dtype)
@@ -85,9 +91,12 @@ class Attention(nn.Module):
     else:
       out = library_attention(q, k, v, mask, "cudnn" if self.impl == "cudnn" else None)
 
-    wo = self.param("o", nn.with_logical_partitioning(nn.initializers.normal(self.init_std), ("heads", "kv", "embed")),
-                    (self.num_heads, self.head_dim, d), self.param_dtype)
-    out = constrain_activations(jnp.einsum("bthk,hkd->btd", out, wo.astype(self.dtype)))
+    o_axes = ("heads", "kv", "embed")
+    wo = projection_kernel(self, "o", nn.initializers.normal(self.init_std), (self.num_heads, self.head_dim, d),
+                           o_axes, self.param_dtype, self.dtype)
+    delta = adapter_delta(self, "o", out, wo.shape, 2, o_axes, self.lora, self.dtype, self.param_dtype)
+    out = jnp.einsum("bthk,hkd->btd", out, wo)
+    out = constrain_activations(out if delta is None else out + delta)
     if self.out_bias:
       out = out + self.param("o_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (d,),
                              self.param_dtype).astype(self.dtype)

@@ -10,6 +10,7 @@ import ml_collections
 from rankjax.models import config as model_config
 from rankjax.models.attention import Attention
 from rankjax.models.embedding import Embed
+from rankjax.models.lora import LoraSpec
 from rankjax.models.masks import attention_mask
 from rankjax.models.mlp import SwiGLU
 from rankjax.models.cache_write import write_at
@@ -24,6 +25,7 @@ class DecoderLayer(nn.Module):
   """Pre-norm block: x + attn(norm(x)), then + mlp(norm(x)). Returns x, or (x, kv) with a cache."""
 
   config: object
+  lora: LoraSpec | None = None
 
   @nn.compact
   def __call__(self, x, cos, sin, mask, kv_cache=None):
@@ -31,11 +33,11 @@ class DecoderLayer(nn.Module):
     dtype, pdtype = model_config.resolve_dtype(c.dtype), model_config.resolve_dtype(c.param_dtype)
     h = RMSNorm(c.norm_eps, dtype, pdtype, name="attn_norm")(x)
     attn = Attention(c.num_heads, c.num_kv_heads, model_config.head_dim(c), c.qkv_bias, c.out_bias, c.qk_norm,
-                     c.norm_eps, c.attention_impl, c.init_std, dtype, pdtype, name="attn")(h, cos, sin, mask, kv_cache)
+                     c.norm_eps, c.attention_impl, c.init_std, dtype, pdtype, self.lora, name="attn")(h, cos, sin, mask, kv_cache)
     attn, kv = (attn, None) if kv_cache is None else attn
     x = x + attn
     h = RMSNorm(c.norm_eps, dtype, pdtype, name="mlp_norm")(x)
-    x = x + SwiGLU(c.mlp_dim, c.init_std, dtype, pdtype, name="mlp")(h)
+    x = x + SwiGLU(c.mlp_dim, c.init_std, dtype, pdtype, self.lora, name="mlp")(h)
     return x if kv_cache is None else (x, kv)
 
 
@@ -60,9 +62,13 @@ class Transformer(nn.Module):
   (from `init_cache`) the tokens are appended at cache["index"] (shared, or one per row) and the call returns
   (logits, updated cache): incremental decoding. `last_only=True` gives logits of the last
   position only ([B, 1, V]), as a generation prefill needs.
+
+  `lora` (a `LoraSpec`, or None) adds low-rank adapters to the projections it targets (`rankjax.models.lora`);
+  `model.clone(lora=None)` is the base model whose parameters are the adapted one's without the adapters.
   """
 
   config: object
+  lora: LoraSpec | None = None
 
   @nn.compact
   def __call__(self, input_ids, positions=None, segment_ids=None, return_hidden: bool = False, cache=None,
@@ -91,7 +97,7 @@ class Transformer(nn.Module):
     else:
       layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat])
     for i in range(c.num_layers):
-      layer = layer_cls(c, name=f"layer_{i}")
+      layer = layer_cls(c, self.lora, name=f"layer_{i}")
       if cache is None:
         x = layer(x, cos, sin, mask)
       else:
@@ -117,10 +123,11 @@ class Transformer(nn.Module):
     return logits, new_cache
 
 
-def build_model(config) -> Transformer:
-  """Validates `config` (a model ConfigDict) and returns the Flax module (hashable: its config is frozen)."""
+def build_model(config, lora: LoraSpec | None = None) -> Transformer:
+  """Validates `config` (a model ConfigDict) and returns the Flax module (hashable: its config is frozen), with the
+  adapters of `lora` when given."""
   model_config.validate_config(config)
-  return Transformer(ml_collections.FrozenConfigDict(config))
+  return Transformer(ml_collections.FrozenConfigDict(config), lora)
 
 
 def init_params(model: Transformer, rng: jax.Array, seq_len: int = 8):

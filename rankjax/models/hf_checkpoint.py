@@ -135,11 +135,17 @@ def check_init_from_workdir(init_from: str, config, resuming: bool = False) -> N
     return
   try:
     with open(run_file, encoding="utf-8") as f:
-      trained = json.load(f).get("model")
+      run = json.load(f)
+    trained = run.get("model")
   except (OSError, ValueError, AttributeError):
     return
   if not isinstance(trained, dict):
     return
+  lora_rank = int((run.get("lora") or {}).get("rank", 0) or 0)
+  if lora_rank and not resuming:
+    raise ConfigError(f"init_from: {init_from} is a LoRA run (lora.rank={lora_rank}): its checkpoints hold adapters "
+                      f"only. Start from its merged export {os.path.join(workdir, 'hf')} (config.export_hf=True "
+                      "writes it), or from the base it was trained on")
   mine = {field: config[field] for field in SHAPE_FIELDS}
   mine["head_dim"] = model_config.head_dim(config)
   theirs = {field: trained[field] for field in SHAPE_FIELDS if field in trained}

@@ -19,8 +19,11 @@ def render(plan: dict) -> str:
   verdict = "fits" if t["fits"] else "DOES NOT FIT"
   m = t["memory_per_chip_bytes"]
   b = t["batch"]
+  trained = (f"{t['parameters'] / 1e9:.3f} B parameters" if not t.get("lora") else
+             f"LoRA r={t['lora']['rank']}: {t['parameters'] / 1e6:.1f} M adapter parameters trained on a frozen base of "
+             f"{t['lora']['frozen_parameters'] / 1e9:.3f} B")
   lines += [f"## Train step: {verdict}", "",
-            f"Model: {t['parameters'] / 1e9:.3f} B parameters ({t['model']['param_dtype']} params, "
+            f"Model: {trained} ({t['model']['param_dtype']} params, "
             f"{t['model']['dtype']} compute, remat {t['model']['remat']}); loss {t['loss']['name']}"
             f"{' (' + t['loss']['form'] + ')' if t['loss']['form'] and t['loss']['name'] == 'ranktuner' else ''}; "
             f"mesh {t['mesh']}; batch {b['global_sequences']} x {b['seq_len']} in {b['grad_accum_steps']} micro-steps "
@@ -31,9 +34,12 @@ def render(plan: dict) -> str:
               f"chip computes all of it** ({ways}x the work of a split batch; the roofline below does not count "
               "it). Use a micro-batch that is a multiple of data * fsdp.", ""]
   lines += ["| per chip | GiB |", "|---|---:|"]
-  for key, label in (("parameters", "parameters"), ("optimizer_state", "optimizer state"), ("batch", "batch"),
+  for key, label in (("parameters", "parameters (trained)"), ("frozen_base", "frozen base (LoRA)"),
+                     ("optimizer_state", "optimizer state"), ("batch", "batch"),
                      ("outputs_new", "outputs (not aliased)"), ("temporaries", "temporaries"), ("code", "code"),
                      ("peak", "**peak**"), ("hbm", "HBM"), ("margin", "margin")):
+    if key == "frozen_base" and not m.get(key):
+      continue
     lines.append(f"| {label} | {_g(m[key])} |")
   r = t["roofline"]
   lines += ["", f"Model FLOPs per step (analytic, `models/flops.py`): {t['model_flops_per_step']:.3e}. "

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from rankjax import models
-from rankjax.models import flops
+from rankjax.models import flops, lora
 from rankjax.models.errors import ConfigError
 from rankjax.plan import collectives, memory
 from rankjax.plan.topologies import Topology, without_persistent_cache
@@ -41,10 +41,14 @@ def plan_model(config):
   hf_dir = os.path.isfile(os.path.join(path, "config.json")) and not os.path.isdir(os.path.join(path, "checkpoints"))
   if path and (hf_dir or (models.is_gguf(path) and os.path.isfile(path))):  # a GGUF file: its metadata only
     runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
-    return models.build_hf_model(path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
-  if path and not os.path.exists(path):
+    model = models.build_hf_model(path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
+  elif path and not os.path.exists(path):
     raise ConfigError(f"config.init_from={config.init_from}: no such directory (the plan reads only its config.json)")
-  return models.build_model(config.model)
+  else:
+    model = models.build_model(config.model)
+  lora.validate(config.lora, model.config)
+  spec = lora.spec_from_config(config)
+  return model if spec is None else model.clone(lora=spec)
 
 
 NOT_READ = "<not read by the plan>"
@@ -130,14 +134,15 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
   batch_sharding = train_state_layout.batch_sharding(mesh, micro, process_count=1, quiet=True)
   inputs = train_state_layout.abstract_step_inputs(config, mesh, batch_sharding)
   step = train_state_layout.jit_train_step(config, model, shardings, mesh)
+  frozen = train_state_layout.abstract_frozen(config, model, mesh)  # LoRA's base (QLoRA: quantised), None without
   t0 = time.perf_counter()
-  lowered = step.lower(state, *inputs)
+  lowered = step.lower(state, *inputs, frozen)
   t1 = time.perf_counter()
   try:
     with without_persistent_cache():
       compiled = lowered.compile()
   except Exception as e:  # XLA:TPU refuses a program that cannot fit HBM
-    excess = oom_excess(str(e), memory.per_device_bytes((state, inputs[0])))
+    excess = oom_excess(str(e), memory.per_device_bytes((state, inputs[0], frozen)))
     if excess is None:
       raise
     raise DoesNotFit(_advice(config, topology, excess)) from e
@@ -152,6 +157,7 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
   cost = memory.compiled_cost(compiled)
   per_chip = {
       "parameters": memory.per_device_bytes(state.params),
+      "frozen_base": memory.per_device_bytes(frozen) if frozen is not None else 0,
       "optimizer_state": memory.per_device_bytes(state.opt_state),
       "batch": memory.per_device_bytes(inputs[0]),
       "outputs_new": mem["outputs_new"],
@@ -169,7 +175,12 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
       "batch_replicated": micro % batch_ways(config, topology.chips) != 0,
       "model": {k: model.config[k] for k in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                                              "mlp_dim", "dtype", "param_dtype", "remat", "attention_impl")},
-      "parameters": models.count_params(state.params),
+      "parameters": models.count_params(state.params),  # trained ones (LoRA: the adapters)
+      "lora": None if frozen is None else {"rank": int(config.lora.rank), "alpha": float(config.lora.alpha),
+                                           "targets": config.lora.targets,
+                                           "quantize": train_state_layout.quantize_mode(config),
+                                           "frozen_parameters": models.count_params(
+                                               models.abstract_params(model.clone(lora=None))[1])},
       "loss": {"name": config.loss.name, "form": config.loss.get("form", ""),
                "token_chunk": int(config.loss.get("token_chunk", 0))},
       "batch": {"global_sequences": batch, "seq_len": seq_len, "grad_accum_steps": accum, "micro_batch": micro,

@@ -7,6 +7,8 @@ launchers, sweeps and the report use it without loading an accelerator runtime.
     WORKDIR/eval/step_<N>/    the periodic evaluation after step N (results.json, samples.jsonl, results.md)
     WORKDIR/eval/row.json     a script's own evaluation of the run (the demo's greedy accuracy, ...)
     WORKDIR/tensorboard/      TensorBoard event files
+    WORKDIR/hf/               the trained model as a Hugging Face checkpoint (config.export_hf; LoRA: merged)
+    WORKDIR/peft_adapter/     a LoRA run's adapters as a PEFT adapter (config.export_hf)
 
 A run is finished (`progress.is_finished`) when relaunching it would train nothing: see that function.
 """

@@ -11,12 +11,24 @@ CHECKPOINTS_DIR = "checkpoints"
 EVAL_DIR = "eval"
 EVAL_ROW_FILE = "row.json"
 TENSORBOARD_DIR = "tensorboard"
+HF_EXPORT_DIR = "hf"
+PEFT_ADAPTER_DIR = "peft_adapter"
 _EVAL_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def config_path(workdir: str) -> str:
   """WORKDIR/config.json."""
   return os.path.join(workdir, CONFIG_FILE)
+
+
+def hf_export_dir(workdir: str) -> str:
+  """WORKDIR/hf: the trained model as a Hugging Face checkpoint (config.export_hf)."""
+  return os.path.join(workdir, HF_EXPORT_DIR)
+
+
+def peft_adapter_dir(workdir: str) -> str:
+  """WORKDIR/peft_adapter: a LoRA run's adapters as a PEFT adapter (config.export_hf)."""
+  return os.path.join(workdir, PEFT_ADAPTER_DIR)
 
 
 def metrics_path(workdir: str) -> str:

@@ -8,6 +8,7 @@ from rankjax import losses, models
 from rankjax.data import sources
 from rankjax.models.errors import ConfigError
 from rankjax.eval import settings as eval_settings
+from rankjax.models import lora
 from rankjax.train import optimizer
 
 
@@ -19,6 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = losses.default_config()
   c.loss.histograms = True  # quantiles of w, p, H, R, E[R], S to metrics.jsonl, histograms to TensorBoard
   c.optimizer = optimizer.default_config()
+  # Low-rank adapters: rank 0 trains every parameter; rank r > 0 freezes the base (init_from) and trains adapters
+  # on the projections `targets` matches (`rankjax.models.lora`).
+  c.lora = lora.default_config()
   c.total_steps = 100
   c.grad_accum_steps = 1
   c.log_every = 10
@@ -69,6 +73,8 @@ def validate(config, device_count: int | None = None) -> None:
                       "config.init_from to a Hugging Face checkpoint directory (or config.data.tokenizer_path)")
   losses.validate_config(config.loss)
   models.validate_config(config.model)
+  if int(config.lora.rank) < 0:
+    raise ConfigError(f"config.lora.rank={config.lora.rank} must be >= 0 (0 = full fine-tuning, no adapters)")
   for field in ("total_steps", "grad_accum_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
     if int(config[field]) <= 0:
       raise ConfigError(f"config.{field}={config[field]} must be positive")

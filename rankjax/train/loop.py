@@ -13,6 +13,8 @@ import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rankjax import models
+from rankjax.models import lora, peft_adapter, quantized
+from rankjax.models.errors import ConfigError
 from rankjax.models import flops
 from rankjax.data import stream
 from rankjax.data.gguf_tokenizer import save_hf_tokenizer
@@ -45,11 +47,16 @@ HF_RUNTIME_FIELDS = ("dtype", "param_dtype", "remat", "attention_impl")
 
 def build_run_model(config, init: models.InitFrom):
   """The run's model: config.model, or the architecture of the HF checkpoint `init` points at, with
-  config.model's runtime fields (dtype, param_dtype, remat, attention_impl)."""
+  config.model's runtime fields (dtype, param_dtype, remat, attention_impl); with config.lora's adapters when its
+  rank is positive (ConfigError for a `targets` regex that matches no projection of this model)."""
   if not init.pretrained:
-    return models.build_model(config.model)
-  runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
-  return models.build_hf_model(init.path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
+    model = models.build_model(config.model)
+  else:
+    runtime = {k: config.model[k] for k in HF_RUNTIME_FIELDS}
+    model = models.build_hf_model(init.path, runtime.pop("dtype"), runtime.pop("param_dtype"), **runtime)
+  lora.validate(config.lora, model.config)
+  spec = lora.spec_from_config(config)
+  return model if spec is None else model.clone(lora=spec)
 
 
 def make_run_mesh(config) -> Mesh:
@@ -76,6 +83,7 @@ def _train_watched(config, workdir: str, watch: preemption.PreemptionWatch) -> d
   init = models.resolve_init_from(config.init_from)
   model = build_run_model(config, init)
   models.check_init_from_workdir(workdir, model.config, resuming=True)  # before config.json is replaced
+  check_resumed_lora_rank(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   write_config(run_config.with_model(config, model.config), workdir)
   tokenizer, data = stream.make_pipeline(config, workdir, model.config.vocab_size, init.pretrained)
@@ -95,6 +103,56 @@ def tokenizer_files_dir(config, workdir: str, init: models.InitFrom) -> str:
   if init.kind == "gguf":
     return ""
   return init.hf_dir or workdir
+
+
+def check_resumed_lora_rank(config, workdir: str) -> None:
+  """Raises ConfigError when `workdir` holds checkpoints of a run with another config.lora.rank (its adapters, or
+  its full parameters, would not fit this run's state)."""
+  import json  # noqa: PLC0415
+  path = layout.config_path(workdir)
+  if not (layout.has_checkpoints_dir(workdir) and os.path.isfile(path)):
+    return
+  try:
+    with open(path, encoding="utf-8") as f:
+      before = int(((json.load(f).get("lora") or {}).get("rank", 0)) or 0)
+  except (OSError, ValueError, AttributeError, TypeError):
+    return
+  if before != int(config.lora.rank) and checkpointing.latest_step(workdir) is not None:
+    raise ConfigError(f"workdir {workdir} holds checkpoints of a run with lora.rank={before}, and this run "
+                      f"has lora.rank={config.lora.rank}: resume with --config.lora.rank={before}, or use a "
+                      "new --workdir")
+
+
+def check_lora_base(meta: dict, current: dict, workdir: str) -> None:
+  """Raises ValueError when the checkpoint in `workdir` (its `meta`) was trained on another frozen base than the one
+  loaded now (`current`: {"init_from", "fingerprint"})."""
+  saved = meta.get("lora_base")
+  if saved is None:
+    raise ValueError(f"{workdir}: its checkpoint (step {meta.get('step')}) holds no LoRA base fingerprint, so it was "
+                     "not written by a LoRA run; resume it with config.lora.rank=0, or use a new workdir")
+  differ = lora.fingerprint_differences(saved["fingerprint"], current["fingerprint"])
+  if differ:
+    raise ValueError(f"{workdir}: its adapters (step {meta.get('step')}) were trained on the base "
+                     f"init_from={saved['init_from']!r}, and the base loaded now (init_from={current['init_from']!r}) "
+                     f"differs in {len(differ)} of {len(current['fingerprint'])} tensors, e.g. {differ[0]}. Resume "
+                     "with the original init_from, or use a new workdir.")
+
+
+def export(config, workdir: str, model, params, frozen, init: models.InitFrom, tokenizer) -> None:
+  """WORKDIR/hf: the trained model as an HF checkpoint (with LoRA: the base with the adapters merged in, in the
+  base's dtype) and its tokenizer files; with LoRA also WORKDIR/peft_adapter, the adapters as a PEFT adapter."""
+  files = tokenizer_files_dir(config, workdir, init)
+  base_model = model.clone(lora=None)
+  # QLoRA: merged into the dequantised base, the function the adapters were trained with
+  param_dtype = models.config.resolve_dtype(model.config.param_dtype)
+  weights = params if frozen is None else lora.merged(quantized.dequantize_tree(frozen, param_dtype), params,
+                                                      model.lora)
+  models.save_pretrained(base_model, weights, layout.hf_export_dir(workdir), copy_files_from=files or None)
+  if not files and jax.process_index() == 0:
+    save_hf_tokenizer(tokenizer, layout.hf_export_dir(workdir))
+  if frozen is not None:
+    peft_adapter.save_peft_adapter(model, params, layout.peft_adapter_dir(workdir),
+                                   os.path.abspath(init.path) if init.path else "")
 
 
 def _record_metrics(counts: dict) -> dict:
@@ -119,9 +177,14 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
   state_shardings = train_state_layout.state_shardings(model, state.tx, mesh)
+  frozen, fingerprint = (train_state_layout.load_frozen(config, model, mesh, init) if model.lora is not None
+                         else (None, None))
+  extra_meta = None if frozen is None else {"lora_base": {"init_from": config.init_from, "fingerprint": fingerprint}}
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)
   checkpointing.check_writable(manager)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
+  if frozen is not None and meta is not None:
+    check_lora_base(meta, extra_meta["lora_base"], workdir)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
   if start >= config.total_steps:
@@ -146,6 +209,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   evaluator = PeriodicEval(config, workdir, model, tokenizer, mesh, lead)
   row, tokens_since, t_last = {}, 0, time.perf_counter()
   first_bad = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+  param_dtype = models.config.resolve_dtype(model.config.param_dtype)
   dump_every = int(config.loss.dump_tokens)
   finished = False
   try:
@@ -157,7 +221,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
       log = done % config.log_every == 0 or done == config.total_steps or evaluate
       dump_due = bool(dump_every) and done % dump_every == 0
       # Diagnostics and histograms only on the steps whose metrics are read.
-      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done), np.bool_(log or dump_due))
+      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done), np.bool_(log or dump_due), frozen)
       tokens_since += int(np.prod(batch["inputs"].shape))
       save = done % config.checkpoint_every == 0 or done == config.total_steps
       stop = watch.should_stop(done)
@@ -178,7 +242,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
         elapsed = time.perf_counter() - t_last
         metrics.update(_record_metrics(data.record_counts()))
         if evaluate:  # after `elapsed`: its time is not counted in tokens_per_second
-          metrics.update(evaluator(state.params, done))
+          metrics.update(evaluator(state.params if frozen is None else
+                                   lora.combine(quantized.dequantize_tree(frozen, param_dtype), state.params), done))
         metrics["tokens_per_second"] = tokens_since / max(elapsed, 1e-9)
         metrics["model_tflops_per_device"] = metrics["tokens_per_second"] * model_flops / jax.device_count() / 1e12
         if peak:  # accelerators with a known peak; the first interval includes compilation
@@ -187,7 +252,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_second']:.0f}", refresh=False)
         tokens_since, t_last = 0, time.perf_counter()
       if save or stop:
-        checkpointing.save(manager, state, data_iterator=data.iterator)
+        checkpointing.save(manager, state, extra_meta, data_iterator=data.iterator)
       bar.update(1)
       if stop:
         checkpointing.wait(manager)
@@ -197,10 +262,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
             flush=True)
     checkpointing.wait(manager)
     if config.export_hf:
-      files = tokenizer_files_dir(config, workdir, init)
-      models.save_pretrained(model, state.params, os.path.join(workdir, "hf"), copy_files_from=files or None)
-      if not files and jax.process_index() == 0:
-        save_hf_tokenizer(tokenizer, os.path.join(workdir, "hf"))
+      export(config, workdir, model, state.params, frozen, init, tokenizer)
     finished = True
   finally:
     bar.close()

@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from rankjax import models
+from rankjax.models import lora, quantized
 from rankjax.data import sources
 from rankjax.data.hf_tokenizer import HFTokenizer
 from rankjax.data.tokenizer import load_tokenizer
@@ -57,6 +58,26 @@ def _workdir_tokenizer(run, workdir: str, vocab_size: int) -> HFTokenizer:
   raise FileNotFoundError(f"checkpoint {workdir}: no tokenizer found at {[c for c in candidates if c]}")
 
 
+def _merged_lora_params(run, workdir: str, model, spec: lora.LoraSpec, mesh):
+  """A LoRA run's base (its init_from) with the adapters of its latest checkpoint merged in: the parameters of the
+  plain `model`."""
+  init = models.resolve_init_from(run.get("init_from", ""))
+  if init.pretrained:
+    base = models.load_params(model, init.path, mesh)
+  elif init.kind == "workdir":
+    base = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
+  else:
+    raise ValueError(f"checkpoint {workdir}: a LoRA run whose base was a random initialisation (no init_from) "
+                     "cannot be rebuilt from its adapters alone")
+  adapters = checkpointing.restore_params(workdir, lora.split(checkpointing.params_target(model.clone(lora=spec),
+                                                                                        mesh))[1])
+  mode = str(run.lora.get("quantize", "none"))
+  if mode != "none":  # QLoRA: the adapters were trained on the quantised base; merged into it, as the export is
+    dtype = models.config.resolve_dtype(model.config.param_dtype)
+    base = quantized.dequantize_tree(quantized.quantize_projections(base, mode, quantized.is_base_projection), dtype)
+  return lora.merged(base, adapters, spec)
+
+
 def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
   """Loads an HF checkpoint directory, a GGUF file or a rankjax workdir (latest checkpoint) onto `mesh` (None: the first
   device), in compute dtype `dtype` ("": bfloat16 for HF checkpoints, the run's own for a rankjax workdir)."""
@@ -77,7 +98,11 @@ def load_checkpoint(path: str, mesh=None, dtype: str = "") -> Checkpoint:
   if dtype:
     model_config.dtype = dtype
   model = models.build_model(model_config)
-  params = checkpointing.restore_params(workdir, checkpointing.params_target(model, mesh))
+  spec = lora.spec_from_config(run) if "lora" in run else None
+  if spec is None:
+    params = checkpointing.restore_params(workdir, checkpointing.params_target(model, mesh))
+  else:
+    params = _merged_lora_params(run, workdir, model, spec, mesh)
   step = checkpointing.latest_step(workdir)
   data = sources.default_config()
   data.update(dict(run.data))

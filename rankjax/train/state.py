@@ -12,6 +12,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rankjax import models
+from rankjax.models import lora, quantized
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
 from rankjax.train.train_step import make_train_step
 
@@ -26,16 +27,26 @@ def run_optimizer(config) -> optax.GradientTransformation:
   return make_optimizer(config.optimizer, config.total_steps)
 
 
+def trainable(model, tree):
+  """The part of a parameter-shaped tree the optimizer holds: the adapters when `model` has LoRA, else all of it."""
+  return lora.split(tree)[1] if model.lora is not None else tree
+
+
+def frozen_shardings(model, mesh: Mesh):
+  """The NamedShardings of a LoRA model's frozen base parameters on `mesh` (the rules of full fine-tuning)."""
+  return lora.split(models.model_shardings(model, mesh))[0]
+
+
 def state_shardings(model, tx: optax.GradientTransformation, mesh: Mesh) -> train_state.TrainState:
-  """A TrainState whose leaves are the NamedShardings of the run's state on `mesh`.
+  """A TrainState whose leaves are the NamedShardings of the run's state on `mesh` (with LoRA: the adapters only).
 
   Parameters: logical axes -> mesh axes by `models.DEFAULT_RULES`. Optimizer state: every copy of the parameter tree
   in it (Adam's moments) takes the parameters' shardings (`optax.tree_map_params`); the rest (step counters) is
   replicated. The step counter is replicated.
   """
   replicated = NamedSharding(mesh, P())
-  params = models.model_shardings(model, mesh)
-  opt_shapes = jax.eval_shape(tx.init, models.abstract_params(model)[1])
+  params = trainable(model, models.model_shardings(model, mesh))
+  opt_shapes = jax.eval_shape(tx.init, trainable(model, models.abstract_params(model)[1]))
   opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params,
                                     transform_non_params=lambda _: replicated)
   return train_state.TrainState(step=replicated, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
@@ -46,26 +57,86 @@ def abstract_state(config, model, mesh: Mesh) -> train_state.TrainState:
   allocated, no weight is read)."""
   tx = run_optimizer(config)
   shardings = state_shardings(model, tx, mesh)
-  params = models.abstract_params(model)[1]
+  params = trainable(model, models.abstract_params(model)[1])
   shapes = train_state.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), apply_fn=model.apply, params=params,
                                   tx=tx, opt_state=jax.eval_shape(tx.init, params))
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes, shardings)
 
 
-def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
-  """Fresh TrainState placed on `mesh` by `state_shardings`: params from config.seed, or from `init` (an HF
-  checkpoint or another run's workdir; default: resolved from config.init_from), optimizer state, step 0."""
+def load_base(config, model, mesh: Mesh, init: models.InitFrom | None = None):
+  """The parameters of `model` without adapters, placed on `mesh`: from `init` (an HF checkpoint, a GGUF file or
+  another run's workdir; default: resolved from config.init_from), else a random initialisation from config.seed."""
   from rankjax.train import checkpointing  # noqa: PLC0415 (orbax only where a state is really made)
   init = models.resolve_init_from(config.init_from) if init is None else init
+  base = model.clone(lora=None)
+  if init.pretrained:
+    return models.load_params(base, init.path, mesh)
+  if init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
+    return checkpointing.restore_params(init.path, checkpointing.params_target(base, mesh))
+  make = jax.jit(lambda rng: models.init_params(base, rng, config.data.seq_len),
+                 out_shardings=models.model_shardings(base, mesh))
+  return make(jax.random.PRNGKey(config.seed))
+
+
+def quantize_mode(config) -> str:
+  """config.lora.quantize ("none", "int8" or "nf4"); "none" without LoRA."""
+  return str(config.lora.get("quantize", "none")) if int(config.lora.rank) else "none"
+
+
+def _quantize_fn(mode: str):
+  return lambda tree: quantized.quantize_projections(tree, mode, quantized.is_base_projection)
+
+
+def _frozen_shardings(abstract_frozen, base_shardings):
+  """Shardings of a (possibly quantised) frozen tree: a plain leaf keeps its parameter's, a quantised kernel
+  `quantized.quantized_sharding` of it."""
+  from rankjax.models.tree_paths import build, items  # noqa: PLC0415
+  kernel = dict(items(base_shardings))
+  return build((p, quantized.quantized_sharding(v, kernel[p]) if isinstance(v, quantized.QuantizedKernel) else kernel[p])
+               for p, v in items(abstract_frozen))
+
+
+def abstract_frozen(config, model, mesh: Mesh):
+  """The frozen base a LoRA `model`'s step takes, as `jax.ShapeDtypeStruct`s with their shardings (None without
+  LoRA): what `load_frozen` would place on `mesh`, quantised as config.lora.quantize says."""
+  if model.lora is None:
+    return None
+  base = model.clone(lora=None)
+  logical, abstract = models.abstract_params(base)
+  shardings = models.param_shardings(logical, abstract, mesh)
+  mode = quantize_mode(config)
+  if mode != "none":
+    abstract = jax.eval_shape(_quantize_fn(mode), abstract)
+    shardings = _frozen_shardings(abstract, shardings)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def load_frozen(config, model, mesh: Mesh, init: models.InitFrom | None = None):
+  """(frozen base, its fingerprint) of a LoRA `model` on `mesh`: `load_base`'s parameters, with their projection
+  kernels quantised when config.lora.quantize says so (the fingerprint is of the unquantised base)."""
+  base = load_base(config, model, mesh, init)
+  fingerprint = lora.fingerprint(base)
+  mode = quantize_mode(config)
+  if mode == "none":
+    return base, fingerprint
+  shardings = _frozen_shardings(jax.eval_shape(_quantize_fn(mode), base), jax.tree.map(lambda x: x.sharding, base))
+  frozen = jax.jit(_quantize_fn(mode), out_shardings=shardings)(base)  # the unquantised base is freed on return
+  return frozen, fingerprint
+
+
+def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
+  """Fresh TrainState placed on `mesh` by `state_shardings`, step 0: params from config.seed, or from `init` (an HF
+  checkpoint or another run's workdir; default: resolved from config.init_from), and their optimizer state. With
+  LoRA (`model.lora`) the params are the adapters alone (A random from config.seed, B zero); the frozen base is
+  `load_base`'s."""
   tx = run_optimizer(config)
   shardings = state_shardings(model, tx, mesh)
-  if init.pretrained:
-    params = models.load_params(model, init.path, mesh)
-  elif init.kind == "workdir":  # restored into their shardings: no random initialisation to compile and run
-    params = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
-  else:
-    make = jax.jit(lambda rng: models.init_params(model, rng, config.data.seq_len), out_shardings=shardings.params)
+  if model.lora is not None:  # XLA drops the base's random initialisation: only the adapters are computed
+    make = jax.jit(lambda rng: lora.split(models.init_params(model, rng, config.data.seq_len))[1],
+                   out_shardings=shardings.params)
     params = make(jax.random.PRNGKey(config.seed))
+  else:
+    params = load_base(config, model, mesh, init)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
   return train_state.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
                                 apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
@@ -95,20 +166,23 @@ def batch_sharding(mesh: Mesh, micro_batch: int, process_count: int | None = Non
 def watch_nonfinite(step_fn):
   """step_fn with a device-side record of the first refused step, so the loop need not read every step's
   `nonfinite` on the host: (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad); first_bad is
-  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` as in `make_train_step`."""
-  def step(state, batch, first_bad, done, diagnose=None):
-    state, metrics = step_fn(state, batch, diagnose)
+  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` and `frozen` as in
+  `make_train_step`."""
+  def step(state, batch, first_bad, done, diagnose=None, frozen=None):
+    state, metrics = step_fn(state, batch, diagnose, frozen)
     first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
     return state, metrics, first_bad
   return step
 
 
 def jit_train_step(config, model, shardings: train_state.TrainState, mesh: Mesh):
-  """The run's jitted step (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad): the state is
-  donated and comes back in `shardings`; metrics and first_bad are replicated."""
+  """The run's jitted step (state, batch, first_bad, done, diagnose, frozen) -> (state, metrics, first_bad): the
+  state is donated and comes back in `shardings`; metrics and first_bad are replicated; `frozen` is the base of a
+  LoRA model (None without LoRA)."""
   replicated = NamedSharding(mesh, P())
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-  return jax.jit(watch_nonfinite(make_train_step(model, config.loss, schedule, mesh)), donate_argnums=0,
+  step = make_train_step(model, config.loss, schedule, mesh, dropout_seed=int(config.seed))
+  return jax.jit(watch_nonfinite(step), donate_argnums=0,
                  out_shardings=(shardings, replicated, replicated))
 
 

@@ -10,16 +10,19 @@ from jax.sharding import PartitionSpec as P
 
 from rankjax import losses
 from rankjax.losses import token_histograms
+from rankjax.models import lora, quantized
 from rankjax.models import params as model_params
 from rankjax.models.sharding import BATCH_AXES, activation_sharding
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
 
 
-def model_logits(model, params, micro: dict, return_hidden: bool = False):
-  """Logits [b, T, V] of one micro-batch, or (hidden [b, T, d], LM-head kernel [d, V])."""
-  return model.apply({"params": params}, micro["inputs"], positions=micro["positions"],
-                     segment_ids=micro["segment_ids"], return_hidden=return_hidden)
+def model_logits(model, params, micro: dict, return_hidden: bool = False, dropout_key=None):
+  """Logits [b, T, V] of one micro-batch, or (hidden [b, T, d], LM-head kernel [d, V]); `dropout_key` (with LoRA
+  dropout) draws the adapters' dropout masks."""
+  rngs = None if dropout_key is None else {"dropout": dropout_key}
+  return model.apply(quantized.variables(params), micro["inputs"], positions=micro["positions"],
+                     segment_ids=micro["segment_ids"], return_hidden=return_hidden, rngs=rngs)
 
 
 def _local_loss_axes(mesh, loss_config, fused: bool, micro_batch: int):
@@ -40,8 +43,12 @@ def _local_loss_axes(mesh, loss_config, fused: bool, micro_batch: int):
   return axes if axes and micro_batch % ways == 0 else None
 
 
-def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None):
-  """Returns step(state, batch, diagnose=None) -> (state, metrics).
+def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dropout_seed: int = 0):
+  """Returns step(state, batch, diagnose=None, frozen=None) -> (state, metrics).
+
+  With LoRA (`model.lora`), `state.params` holds the adapters alone and `frozen` the base parameters: only the
+  adapters are differentiated (the base's gradient is never formed) and updated. LoRA dropout draws its masks
+  from (dropout_seed, step, micro-step); the forward-only pre-pass of whole-batch statistics runs without it.
 
   `batch` holds arrays [A, b, T] (A accumulation micro-steps of b sequences). The
   gradient is that of the loss over all A*b sequences: every micro-step divides by the
@@ -67,53 +74,71 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None):
   losses.validate_config(loss_config)
   return_hidden = losses.wants_hidden(loss_config)
   grad_shardings = None if mesh is None else model_params.model_shardings(model, mesh)
+  if grad_shardings is not None and model.lora is not None:
+    grad_shardings = lora.split(grad_shardings)[1]
+  dropout = model.lora is not None and model.lora.dropout > 0
+  kernel_grad = model.lora is None  # the LM head never takes adapters: frozen under LoRA
 
   def like_params(grads):
     if grad_shardings is None:
       return grads
     return jax.tree.map(jax.lax.with_sharding_constraint, grads, grad_shardings)
 
-  def head(params, micro):
-    return model_logits(model, params, micro, return_hidden)
+  def head(params, micro, frozen=None, dropout_key=None):
+    full = params if frozen is None else lora.combine(frozen, params)
+    return model_logits(model, full, micro, return_hidden, dropout_key)
 
   def loss_of_head(head_out, micro, context, diagnose):
     axes = _local_loss_axes(mesh, loss_config, return_hidden, micro["targets"].shape[0])
     if axes is None:
       return losses.head_loss(head_out, micro["targets"], micro["loss_mask"], loss_config, context=context,
-                              diagnose=diagnose)
+                              diagnose=diagnose, kernel_grad=kernel_grad)
 
     def local(hidden, kernel, targets, mask, context, diagnose):
       loss, aux = losses.head_loss((hidden, kernel), targets, mask, loss_config, context=context, diagnose=diagnose,
-                                   axis_name=axes)
-      loss = jax.lax.psum(loss, axes)  # each device holds its share of the global-batch loss; the other aux are global
-      return loss, dict(aux, loss=loss) if "loss" in aux else aux
+                                   axis_name=axes, kernel_grad=kernel_grad)
+      # `loss` is the global-batch loss in value and this device's share in gradient (`reduction.reduce_loss`):
+      # psum makes it replicated with the right gradient, but ways x the value, so the logged loss is aux's own
+      # (the same global value on every device; pmean only marks it replicated). The other aux are global.
+      aux = dict(aux, loss=jax.lax.pmean(aux["loss"], axes)) if "loss" in aux else aux
+      return jax.lax.psum(loss, axes), aux
     rows = P(axes)
     return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P()), out_specs=P())(
         *head_out, micro["targets"], micro["loss_mask"], context, diagnose)
 
-  def step(state: train_state.TrainState, batch: dict, diagnose=None):
+  def step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None):
+    if (frozen is None) != (model.lora is None):
+      raise ValueError("train step: a LoRA model needs its frozen base parameters (frozen=...), and only a LoRA "
+                       "model takes them")
     with activation_sharding(mesh):
-      return _step(state, batch, diagnose)
+      return _step(state, batch, diagnose, frozen)
 
-  def _step(state: train_state.TrainState, batch: dict, diagnose=None):
-    def micro_loss(params, micro, context):
-      return loss_of_head(head(params, micro), micro, context, diagnose)
+  def _step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None):
+    def dropout_key(index):
+      if not dropout:
+        return None
+      return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step), index)
+
+    def micro_loss(params, micro, context, index):
+      return loss_of_head(head(params, micro, frozen, dropout_key(index)), micro, context, diagnose)
 
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
-    context = losses.whole_batch_context(lambda micro: head(params, micro), batch, loss_config)
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    context = losses.whole_batch_context(lambda micro: head(params, micro, frozen), batch, loss_config)
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)  # argument 0: the adapters alone under LoRA
     first = jax.tree.map(lambda x: x[0], batch)
-    (_, aux0), grads0 = grad_fn(params, first, context)
+    (_, aux0), grads0 = grad_fn(params, first, context, 0)
     grads0 = like_params(grads0)
 
-    def body(carry, micro):
+    def body(carry, micro_and_index):
       grads, aux = carry
-      (_, aux_i), grads_i = grad_fn(params, micro, context)
+      micro, index = micro_and_index
+      (_, aux_i), grads_i = grad_fn(params, micro, context, index)
       return (jax.tree.map(jnp.add, grads, like_params(grads_i)), losses.accumulate_aux(aux, aux_i)), None
 
     rest = jax.tree.map(lambda x: x[1:], batch)
-    (grads, aux), _ = jax.lax.scan(body, (grads0, aux0), rest)
+    indices = jnp.arange(1, batch["inputs"].shape[0], dtype=jnp.int32)
+    (grads, aux), _ = jax.lax.scan(body, (grads0, aux0), (rest, indices))
 
     grad_norm = optax.tree.norm(grads)
     new_state = state.apply_gradients(grads=grads)
