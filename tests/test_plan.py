@@ -116,6 +116,19 @@ def test_tiny_step_fits_and_bytes_grow_with_the_micro_batch(v5e_plans):
   assert small["memory_per_chip_bytes"]["parameters"] < small["parameters"] * 4 / 2
 
 
+@pytest.mark.slow
+def test_a_qlora_step_plans_the_adapters_and_the_quantised_base():
+  _libtpu()
+  from rankjax.plan import command
+  plan = command.make_plan(tiny_config(**{"lora.rank": 4, "lora.quantize": "nf4"}), "v5e-4", sampling=False)["train"]
+  mem, lora_plan = plan["memory_per_chip_bytes"], plan["lora"]
+  assert plan["fits"] and lora_plan["rank"] == 4 and lora_plan["quantize"] == "nf4"
+  assert 0 < plan["parameters"] < lora_plan["frozen_parameters"] / 4  # only the adapters train
+  assert mem["parameters"] * 2 == pytest.approx(mem["optimizer_state"], rel=0.01)  # Adam's moments: adapters only
+  print({k: mem[k] for k in ("parameters", "frozen_base", "optimizer_state", "peak")}, lora_plan)
+  assert 0 < mem["frozen_base"] < 4 * lora_plan["frozen_parameters"]  # below float32 storage of the whole base
+
+
 def test_a_model_too_big_for_the_chip_is_refused_in_one_line():
   _libtpu()
   from rankjax.plan import command, train_plan
