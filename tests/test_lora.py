@@ -87,6 +87,23 @@ def test_only_the_adapters_are_differentiated():
   assert not shapes(model, base), shapes(model, base)
 
 
+def test_dropout_changes_the_step_and_is_seeded():
+  config = tiny_run_config()
+  schedule = learning_rate_schedule(config.optimizer, 10)
+  batch = jax.tree.map(jnp.asarray, _batch(np.random.default_rng(0), 2, 2, 16, config.model.vocab_size))
+  mesh = models.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+  losses = {}
+  for name, dropout, seed in (("none", 0.0, 0), ("a", 0.5, 0), ("a_again", 0.5, 0), ("b", 0.5, 1)):
+    model = models.build_model(config.model, lora.LoraSpec(4, 8.0, dropout=dropout))
+    state = loop.create_state(config, model, mesh)
+    frozen = train_state_layout.load_base(config, model, mesh)
+    step = jax.jit(make_train_step(model, config.loss, schedule, dropout_seed=seed))
+    for _ in range(2):  # the first step's learning rate is 0 (warmup); the second moves B off zero
+      state, _ = step(state, batch, None, frozen)
+    losses[name] = float(step(state, batch, None, frozen)[1]["loss"])
+  assert losses["a"] == losses["a_again"] and len({losses["none"], losses["a"], losses["b"]}) == 3, losses
+
+
 @pytest.mark.parametrize("targets, match", [
     ("nothing_here", "matches no projection; it is searched in paths such as layer_0/attn/q"),
     ("embed|lm_head", "the embedding and LM head never take adapters"),
@@ -128,7 +145,8 @@ def test_sharded_step_equals_single_device(spec, mesh_shape):
 
 
 LORA_RUN = {"lora.rank": 4, "lora.alpha": 8.0, "total_steps": 6, "checkpoint_every": 3, "keep_checkpoints": 2,
-            "export_hf": True, "optimizer.learning_rate": 1e-2}
+            "export_hf": True, "optimizer.learning_rate": 1e-2, "eval.every_steps": 6, "eval.num_problems": 4,
+            "eval.max_new_tokens": 16, "eval.batch_size": 4, "eval.grading.workers": 1}
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +164,8 @@ def test_lora_run_checkpoints_adapters_and_resumes_exactly(lora_run, tmp_path):
   target = lora.split(checkpointing.params_target(model, mesh))[1]
   final = checkpointing.restore_params(lora_run, target)
   assert all(lora.is_adapter_path(path) for path, _ in lora.items(final))  # the checkpoint holds adapters only
+  rows = [json.loads(line) for line in open(os.path.join(lora_run, "metrics.jsonl"), encoding="utf-8")]
+  assert "eval/synthetic/pass@1" in rows[-1] and "weight/q50" in rows[-1]  # eval during training, histograms
   with open(os.path.join(lora_run, "checkpoints", "6", "meta", "metadata"), encoding="utf-8") as f:
     assert json.load(f)["lora_base"]["init_from"] == shared_runs.three_steps()
   resumed = shutil.copytree(lora_run, str(tmp_path / "resumed"))
