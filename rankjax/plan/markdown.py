@@ -58,7 +58,8 @@ def render(plan: dict) -> str:
     lines += ["", "Largest collectives of each kind per step (the JAX operation is the HLO's op_name):", "",
               "| kind | result shape | count | GiB per chip | JAX operation |", "|---|---|---:|---:|---|"]
     for g in c["largest"]:
-      lines.append(f"| {g['kind']} | `{g['shape']}` | {g['count']} | {_g(g['bytes'])} | `{g['op_name'][-120:]}` |")
+      shape = g["shape"] if len(g["shape"]) <= 160 else g["shape"][:150] + " ... (in plan.json)"  # a tuple of many
+      lines.append(f"| {g['kind']} | `{shape}` | {g['count']} | {_g(g['bytes'])} | `{g['op_name'][-120:]}` |")
   lines += ["", f"Compile: {t['compile_seconds']:.1f} s (lowering {t['lower_seconds']:.1f} s)."]
   s = plan.get("sampling")
   if s:
