@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -108,7 +109,6 @@ def tokenizer_files_dir(config, workdir: str, init: models.InitFrom) -> str:
 def check_resumed_lora_rank(config, workdir: str) -> None:
   """Raises ConfigError when `workdir` holds checkpoints of a run with another config.lora.rank (its adapters, or
   its full parameters, would not fit this run's state)."""
-  import json  # noqa: PLC0415
   path = layout.config_path(workdir)
   if not (layout.has_checkpoints_dir(workdir) and os.path.isfile(path)):
     return

@@ -17,6 +17,7 @@ from rankjax.data.hf_tokenizer import HFTokenizer
 from rankjax.data.tokenizer import load_tokenizer
 from rankjax.rundir import layout
 from rankjax.train import checkpointing
+from rankjax.train import state as train_state_layout
 
 
 @dataclasses.dataclass
@@ -59,22 +60,13 @@ def _workdir_tokenizer(run, workdir: str, vocab_size: int) -> HFTokenizer:
 
 
 def _merged_lora_params(run, workdir: str, model, spec: lora.LoraSpec, mesh):
-  """A LoRA run's base (its init_from) with the adapters of its latest checkpoint merged in: the parameters of the
-  plain `model`."""
-  init = models.resolve_init_from(run.get("init_from", ""))
-  if init.pretrained:
-    base = models.load_params(model, init.path, mesh)
-  elif init.kind == "workdir":
-    base = checkpointing.restore_params(init.path, checkpointing.params_target(model, mesh))
-  else:
-    raise ValueError(f"checkpoint {workdir}: a LoRA run whose base was a random initialisation (no init_from) "
-                     "cannot be rebuilt from its adapters alone")
-  adapters = checkpointing.restore_params(workdir, lora.split(checkpointing.params_target(model.clone(lora=spec),
-                                                                                        mesh))[1])
-  mode = str(run.lora.get("quantize", "none"))
-  if mode != "none":  # QLoRA: the adapters were trained on the quantised base; merged into it, as the export is
-    dtype = models.config.resolve_dtype(model.config.param_dtype)
-    base = quantized.dequantize_tree(quantized.quantize_projections(base, mode, quantized.is_base_projection), dtype)
+  """A LoRA run's base (as its training loaded it: init_from, or config.seed's initialisation; dequantised after
+  QLoRA's quantisation) with the adapters of its latest checkpoint merged in: the parameters of the plain `model`,
+  the same as the run's merged export."""
+  adapted = model.clone(lora=spec)
+  frozen, _ = train_state_layout.load_frozen(run, adapted, mesh)
+  base = quantized.dequantize_tree(frozen, models.config.resolve_dtype(model.config.param_dtype))
+  adapters = checkpointing.restore_params(workdir, lora.split(checkpointing.params_target(adapted, mesh))[1])
   return lora.merged(base, adapters, spec)
 
 

@@ -32,11 +32,6 @@ def trainable(model, tree):
   return lora.split(tree)[1] if model.lora is not None else tree
 
 
-def frozen_shardings(model, mesh: Mesh):
-  """The NamedShardings of a LoRA model's frozen base parameters on `mesh` (the rules of full fine-tuning)."""
-  return lora.split(models.model_shardings(model, mesh))[0]
-
-
 def state_shardings(model, tx: optax.GradientTransformation, mesh: Mesh) -> train_state.TrainState:
   """A TrainState whose leaves are the NamedShardings of the run's state on `mesh` (with LoRA: the adapters only).
 
