@@ -198,4 +198,4 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/compare_schemes.py", lock_config=True)
   _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the whole comparison (resumable).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.exit_on_config_error(main), flags_parser=cli.parse_flags)

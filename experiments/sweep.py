@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.exit_on_config_error(main), flags_parser=cli.parse_flags)

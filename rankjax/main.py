@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rankjax import cli
-from rankjax.models.errors import ConfigError
+from rankjax.models.errors import ConfigError, InputError
 
 _FLAGS = {}
 
@@ -57,6 +57,13 @@ def main(argv):
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
   except ConfigError:
     raise  # every process finds it before any collective: one line from cli.run
+  except InputError as e:
+    if distributed:  # a data error may be one process's own (its files): the others would wait in a collective
+      import jax
+      print(f"rankjax: process {jax.process_index()}: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)
+    raise  # one line from cli.run
   except Exception as e:
     if distributed:
       _exit_after_failure(e)

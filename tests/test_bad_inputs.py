@@ -270,6 +270,33 @@ def test_every_record_longer_than_seq_len(tmp_path):  # row 20
     stream.make_pipeline(config, str(tmp_path / "run"), config.model.vocab_size)
 
 
+# The issue-29 file, as Windows tools write it: a byte-order mark and CRLF line ends.
+BOM_CRLF_FILE = '\ufeff{"prompt": "What is 2+2?", "response": "4"}\r\n{"prompt": "x", "response": "y"}\r\n'.encode()
+
+
+def test_byte_order_mark_and_crlf_jsonl(tmp_path):  # row 47
+  (tmp_path / "files").mkdir()
+  (tmp_path / "files" / "train.jsonl").write_bytes(BOM_CRLF_FILE)
+  assert _drain(_jsonl_config(tmp_path), tmp_path / "run") == {"used": 2}
+  from rankjax.data import tfds_builders  # noqa: PLC0415
+  src = tfds_builders.load_source("sft_jsonl", "train", str(tmp_path / "files"), str(tmp_path / "tfds"))
+  assert [(r["prompt"], r["response"], r["error"]) for r in src] == [("What is 2+2?", "4", ""), ("x", "y", "")]
+
+
+def test_record_counts_count_each_record_once(tmp_path, capsys):  # row 48
+  """Over many epochs of a 2-record file: metrics.jsonl's data/used is 2, data/epochs says how often it was read;
+  the log line says both. (Before issue 29 the counts grew with every epoch.)"""
+  (tmp_path / "files").mkdir()
+  (tmp_path / "files" / "train.jsonl").write_bytes(BOM_CRLF_FILE)
+  config = _jsonl_config(tmp_path, **{"data.num_epochs": 0, "data.batch_size": 4, "total_steps": 2,
+                                      "checkpoint_every": 100, "model.num_layers": 1})
+  loop.train(config, str(tmp_path / "run"))
+  last = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+  assert last["data/used"] == 2 and "data/invalid_json" not in last and last["data/epochs"] >= 3, last
+  out = capsys.readouterr().out
+  assert "(used, skipped by reason, truncated): {'used': 2};" in out and " epochs read" in out, out
+
+
 # ----------------------------------------------------------------------------------------------- tokenizer
 
 

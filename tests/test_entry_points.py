@@ -94,7 +94,7 @@ def test_missing_config_file_is_one_line(tmp_path, capsys):
     ("rankjax.main", ["--config.data.source=jsonl"], "config.data.source='jsonl' needs config.data.files.manual_dir"),
     # the issue's example: the demo's synthetic corpus sizes do not apply to file sources
     ("rankjax.demo", ["--config.data.source=jsonl", "--config.data.files.manual_dir={tmp}"],
-     "config.data.synthetic.num_eval=300 does not apply to config.data.source='jsonl'"),
+     "not apply to config.data.source='jsonl'"),
     ("rankjax.evaluate", ["--config.num_samples=0"], "eval config: num_samples=0 must be positive"),
     ("rankjax.preview", ["--config.data.source=jsonl"], "config.data.source='jsonl' needs"),
     ("rankjax.diagnostics.noise", ["--config.checkpoint={tmp}", "--config.noise.rate=0.9"],
@@ -105,6 +105,28 @@ def test_config_validation_error_is_one_line(tmp_path, capsys, name, extra, need
   line = _one_line_exit(capsys, lambda: cli.exit_on_config_error(module.main)([name]))
   assert needle in line
   assert not (tmp_path / "run").exists()
+
+
+def test_demo_config_with_a_file_source_says_what_to_do(tmp_path, capsys):
+  """Issue 29's case: the demo config sets synthetic corpus sizes; with a file source the one line names each
+  stray field, the config to start from and the flags that reset them."""
+  module, _ = _command("rankjax.demo", tmp_path, "--config.data.source=jsonl",
+                       f"--config.data.files.manual_dir={tmp_path}")
+  line = _one_line_exit(capsys, lambda: cli.exit_on_config_error(module.main)(["rankjax.demo"]))
+  assert "config.data.synthetic.num_eval=300" in line
+  assert "Start from" in line and "configs/gsm8k_tiny.py" in line
+  assert "--config.data.synthetic.num_eval=" in line
+
+
+def test_data_error_is_one_line(tmp_path, capsys):
+  """A DataError (here: a file source whose directory has no data files) is one line and exit 2, like a config
+  error; it is found after the workdir exists, which then holds config.json only."""
+  (tmp_path / "files").mkdir()
+  module, _ = _command("rankjax.main", tmp_path, "--config.data.source=jsonl",
+                       f"--config.data.files.manual_dir={tmp_path / 'files'}",
+                       f"--config.data.files.tfds_data_dir={tmp_path / 'tfds'}")
+  line = _one_line_exit(capsys, lambda: cli.exit_on_config_error(module.main)(["rankjax.main"]))
+  assert f"no data files in {tmp_path / 'files'}" in line
 
 
 def test_main_names_the_demo_command_for_the_demo_config(tmp_path, capsys):

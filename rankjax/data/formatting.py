@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 from rankjax.data.hf_tokenizer import HFTokenizer, prompt_and_response_ids
+from rankjax.models.errors import ConfigError, DataError
 
 PROMPT_FORMATS = ("plain", "chat")
 
@@ -95,16 +96,16 @@ class Formatter:
   def __init__(self, tokenizer: HFTokenizer, prompt_format: str = "plain",
                plain_template: str = "{prompt}", system_prompt: str = ""):
     if prompt_format not in PROMPT_FORMATS:
-      raise ValueError(f"data config: prompt_format={prompt_format!r} is not one of {PROMPT_FORMATS}")
+      raise ConfigError(f"data config: prompt_format={prompt_format!r} is not one of {PROMPT_FORMATS}")
     if prompt_format == "plain" and tokenizer.eos_id is None:
-      raise ValueError("data: the plain prompt format needs a tokenizer with an EOS token")
+      raise DataError("data: the plain prompt format needs a tokenizer with an EOS token")
     if prompt_format == "chat" and not tokenizer.chat_template:
       where = tokenizer.path if tokenizer.path is not None else "the tokenizer"
-      raise ValueError(f"data: prompt_format='chat' needs a tokenizer with a chat template, and {where} has none "
+      raise DataError(f"data: prompt_format='chat' needs a tokenizer with a chat template, and {where} has none "
                        "(no chat_template in tokenizer_config.json and no chat_template.jinja); use "
                        "data.prompt_format='plain' or a tokenizer that has one (data.tokenizer_path / init_from)")
     if prompt_format == "plain" and "{prompt}" not in plain_template:
-      raise ValueError(f"data config: plain_template={plain_template!r} has no {{prompt}} field")
+      raise ConfigError(f"data config: plain_template={plain_template!r} has no {{prompt}} field")
     self.tokenizer, self.prompt_format = tokenizer, prompt_format
     self.plain_template, self.system_prompt = plain_template, system_prompt
 

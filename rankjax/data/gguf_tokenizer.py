@@ -16,6 +16,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
 from rankjax.data.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, HFTokenizer
+from rankjax.models.errors import DataFileNotFoundError
 from rankjax.models.gguf_checkpoint import GGUFError
 
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -64,7 +65,7 @@ def _fields(path: str) -> dict:
   import gguf  # noqa: PLC0415
 
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no GGUF file at {path}")
+    raise DataFileNotFoundError(f"no GGUF file at {path}")
   try:
     reader = gguf.GGUFReader(path, "r")
   except (ValueError, OSError) as e:

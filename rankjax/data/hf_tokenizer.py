@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import tokenizers
+from rankjax.models.errors import DataError, DataFileNotFoundError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -43,7 +44,7 @@ def _read_json(path: pathlib.Path) -> dict[str, Any]:
   """Returns the JSON object in `path`, or {} when there is no such file."""
   if not path.is_file():
     return {}
-  with open(path, encoding="utf-8") as f:
+  with open(path, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not JSON
     return json.load(f)
 
 
@@ -121,7 +122,7 @@ class HFTokenizer:
     self.add_bos_token = bool(add_bos_token)
     for name, token in self.special_tokens.items():
       if tokenizer.token_to_id(token) is None:
-        raise ValueError(f"{name} {token!r} is not in the vocabulary of {self._where()}")
+        raise DataError(f"{name} {token!r} is not in the vocabulary of {self._where()}")
     self.bos_id = self._special_id("bos_token")
     eos_id = self._special_id("eos_token")
     generation_eos_ids = tuple(int(i) for i in generation_eos_ids)
@@ -188,12 +189,12 @@ class HFTokenizer:
   def _template(self, tools: Any) -> str:
     """Returns the chat template to render: "tool_use" when there are tools and one is named so, else "default"."""
     if not self.chat_templates:
-      raise ValueError(f"{self._where()} has no chat template (no {CHAT_TEMPLATE_FILE} and no chat_template in "
+      raise DataError(f"{self._where()} has no chat template (no {CHAT_TEMPLATE_FILE} and no chat_template in "
                        f"{TOKENIZER_CONFIG_FILE})")
     if tools is not None and "tool_use" in self.chat_templates:
       return self.chat_templates["tool_use"]
     if "default" not in self.chat_templates:
-      raise ValueError(f"{self._where()} has chat templates {sorted(self.chat_templates)} but none named 'default'")
+      raise DataError(f"{self._where()} has chat templates {sorted(self.chat_templates)} but none named 'default'")
     return self.chat_templates["default"]
 
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False,
@@ -224,13 +225,13 @@ def load_hf_tokenizer(path: str | os.PathLike) -> HFTokenizer:
   path = pathlib.Path(path)
   tokenizer_file = path / TOKENIZER_FILE
   if not tokenizer_file.is_file():
-    raise FileNotFoundError(f"no {TOKENIZER_FILE} at {tokenizer_file}")
-  tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    raise DataFileNotFoundError(f"no {TOKENIZER_FILE} at {tokenizer_file}")
+  tokenizer = tokenizers.Tokenizer.from_str(tokenizer_file.read_text(encoding="utf-8-sig"))
   config = _read_json(path / TOKENIZER_CONFIG_FILE)
   special_tokens = {name: _token_content(config.get(name)) for name in SPECIAL_TOKEN_NAMES}
   chat_template = config.get("chat_template")
   if (path / CHAT_TEMPLATE_FILE).is_file():
-    chat_template = (path / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    chat_template = (path / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8-sig")
   eos_ids = _read_json(path / GENERATION_CONFIG_FILE).get("eos_token_id")
   if eos_ids is None:
     eos_ids = []
@@ -263,11 +264,11 @@ def prompt_and_response_ids(tokenizer: HFTokenizer, messages: Sequence[Mapping[s
   prompt_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
   full_text = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": response}])
   if not full_text.startswith(prompt_text):
-    raise ValueError("the chat template renders the prompt (with add_generation_prompt=True) differently from the "
+    raise DataError("the chat template renders the prompt (with add_generation_prompt=True) differently from the "
                      f"start of the full conversation:\nprompt: {prompt_text!r}\nfull:   {full_text!r}")
   prompt_ids = tokenizer.encode(prompt_text)
   full_ids = tokenizer.encode(full_text)
   if full_ids[:len(prompt_ids)] != prompt_ids:
-    raise ValueError("the prompt's tokens are not a prefix of the full conversation's tokens (the response merges "
+    raise DataError("the prompt's tokens are not a prefix of the full conversation's tokens (the response merges "
                      f"with the end of the prompt):\nprompt: {prompt_text!r}\nresponse: {response!r}")
   return prompt_ids, full_ids[len(prompt_ids):]

@@ -22,6 +22,7 @@ import grain
 import numpy as np
 
 from rankjax.data.formatting import Formatter, SkipExample, record_location
+from rankjax.models.errors import DataError
 
 TRUNCATION = ("drop", "truncate")
 LOSS_ON = ("response", "all")
@@ -47,11 +48,11 @@ class PipelineOptions:
 
   def __post_init__(self):
     if self.truncation not in TRUNCATION:
-      raise ValueError(f"data config: truncation={self.truncation!r} is not one of {TRUNCATION}")
+      raise DataError(f"data config: truncation={self.truncation!r} is not one of {TRUNCATION}")
     if self.loss_on not in LOSS_ON:
-      raise ValueError(f"data config: loss_on={self.loss_on!r} is not one of {LOSS_ON}")
+      raise DataError(f"data config: loss_on={self.loss_on!r} is not one of {LOSS_ON}")
     if self.seq_len <= 1 or self.rows_per_host <= 0:
-      raise ValueError(f"data config: seq_len={self.seq_len} and rows per host={self.rows_per_host} must be positive")
+      raise DataError(f"data config: seq_len={self.seq_len} and rows per host={self.rows_per_host} must be positive")
     if not 0 <= self.process_index < self.process_count:
       raise ValueError(f"data: process_index={self.process_index} is outside [0, {self.process_count})")
 
@@ -98,42 +99,56 @@ class TokenizeRecord(grain.transforms.Map):
 
 
 class _CountingIterator(grain.DatasetIterator):
-  """Drops skipped records, counting them per reason (the counts are part of the iterator state)."""
+  """Drops skipped records, counting them per reason. The stream holds the records epoch after epoch, so each
+  record is counted once, during the first epoch (`records_per_epoch` elements), and later epochs only add to
+  `records_read`; both are part of the iterator state."""
 
-  def __init__(self, parent, strict: bool):
+  def __init__(self, parent, strict: bool, records_per_epoch: int):
     super().__init__(parent)
     self._strict = strict
+    self._per_epoch = records_per_epoch
     self.counts = collections.Counter()
+    self.records_read = 0
 
   def __next__(self):
     while True:
       element = next(self._parent)
+      first_epoch = self.records_read < self._per_epoch
+      self.records_read += 1
       if "skip" in element:
         if self._strict:
-          raise ValueError(f"data: record {element['where']} cannot be used: {element['skip']} "
-                           f"({element['location']}; data.strict=True; set it False to count and skip such records)")
-        self.counts[element["skip"]] += 1
+          raise DataError(f"data: record {element['where']} cannot be used: {element['skip']} "
+                          f"({element['location']}; data.strict=True; set it False to count and skip such records)")
+        if first_epoch:
+          self.counts[element["skip"]] += 1
         continue
-      self.counts["used"] += 1
-      if element.pop("truncated", False):
-        self.counts["truncated"] += 1
+      truncated = element.pop("truncated", False)
+      if first_epoch:
+        self.counts["used"] += 1
+        if truncated:
+          self.counts["truncated"] += 1
       return element
 
   def get_state(self):
-    return {"parent": self._parent.get_state(), "record_counts": dict(self.counts)}
+    return {"parent": self._parent.get_state(), "record_counts": dict(self.counts),
+            "records_read": self.records_read}
 
   def set_state(self, state):
     self._parent.set_state(state["parent"])
     self.counts = collections.Counter(state["record_counts"])
+    # A state saved before records_read existed counted every read: its counts are the reads.
+    self.records_read = int(state.get("records_read", sum(n for k, n in self.counts.items() if k != "truncated")))
 
 
 class CountAndDropSkipped(grain.IterDataset):
-  def __init__(self, parent: grain.IterDataset, strict: bool):
+  def __init__(self, parent: grain.IterDataset, strict: bool, records_per_epoch: int):
     super().__init__(parent)
     self._strict = strict
+    self._per_epoch = records_per_epoch
 
   def __iter__(self):
-    return _CountingIterator(self._parent.__iter__(), self._strict)
+    self.last_iterator = _CountingIterator(self._parent.__iter__(), self._strict, self._per_epoch)
+    return self.last_iterator
 
 
 def _rename(element: dict) -> dict:
@@ -147,11 +162,12 @@ def build_dataset(records, formatter: Formatter, options: PipelineOptions) -> gr
   ds = grain.MapDataset.source(records)
   if options.process_count > 1:
     ds = ds[options.process_index::options.process_count]
+  records_per_epoch = len(ds)
   if options.shuffle:
     ds = ds.shuffle(seed=options.shuffle_seed)
   ds = ds.repeat(options.num_epochs or None)
   ds = ds.map(TokenizeRecord(formatter, options)).to_iter_dataset()
-  ds = CountAndDropSkipped(ds, options.strict)
+  ds = CountAndDropSkipped(ds, options.strict, records_per_epoch)
   t = options.seq_len
   ds = grain.experimental.FirstFitPackIterDataset(
       ds, length_struct={"inputs": t, "targets": t, "loss_mask": t}, num_packing_bins=options.packing_bins,
@@ -162,27 +178,35 @@ def build_dataset(records, formatter: Formatter, options: PipelineOptions) -> gr
   return ds
 
 
-def _find_counts(state) -> dict | None:
+def _find_counting_state(state) -> dict | None:
   if isinstance(state, dict):
     if "record_counts" in state:
-      return state["record_counts"]
+      return state
     for value in state.values():
-      found = _find_counts(value)
+      found = _find_counting_state(value)
       if found is not None:
         return found
   return None
+
+
+def _find_counting_dataset(ds) -> CountAndDropSkipped:
+  while not isinstance(ds, CountAndDropSkipped):
+    ds = ds.parents[0]
+  return ds
 
 
 class SFTPipeline:
   """Iterates host-local batches; `get_state`/`set_state` (JSON) make it resumable.
 
   `next_batch(accum_steps)` returns numpy arrays [accum_steps, rows_per_host // accum_steps,
-  seq_len]. `record_counts()` gives the records used and skipped per reason so far (as of
-  the batches returned, not those prefetched).
+  seq_len]. `record_counts()` gives this host's records per reason (used, skipped by reason, truncated), each record
+  counted once however many epochs are read, and `epochs_read()` how many passes over them were read, both as of
+  the batches returned, give or take the examples waiting in the packing bins (not counting prefetched batches).
   """
 
   def __init__(self, records, formatter: Formatter, options: PipelineOptions):
     self.options = options
+    self.records_per_epoch = len(range(len(records))[options.process_index::options.process_count])
     self.dataset = build_dataset(records, formatter, options)
     self.iterator = iter(self.dataset)
 
@@ -199,8 +223,20 @@ class SFTPipeline:
                        f"{accum_steps} micro-steps")
     return {k: batch[k].reshape(accum_steps, -1, batch[k].shape[-1]) for k in BATCH_KEYS}
 
-  def record_counts(self) -> dict:
-    return dict(_find_counts(self.iterator.get_state()) or {})
+  def record_counts(self, read_ahead: bool = False) -> dict:
+    """Records by reason, each once; with `read_ahead`, also those read into open packing bins and prefetched
+    batches (what a preview has read; the default is what a resumed run would not read again)."""
+    return dict(self._counting(read_ahead).get("record_counts", {}))
+
+  def epochs_read(self, read_ahead: bool = False) -> float:
+    """Passes over this host's records read (fractional), as of the batches returned or with `read_ahead`."""
+    return self._counting(read_ahead).get("records_read", 0) / max(self.records_per_epoch, 1)
+
+  def _counting(self, read_ahead: bool) -> dict:
+    if read_ahead:
+      live = _find_counting_dataset(self.dataset).last_iterator
+      return {"record_counts": dict(live.counts), "records_read": live.records_read}
+    return _find_counting_state(self.iterator.get_state()) or {}
 
   def get_state(self):
     return self.iterator.get_state()
@@ -219,7 +255,7 @@ def check_supervised(records, formatter: Formatter, options: PipelineOptions, li
   ValueError with the per-reason counts and the first record of each reason if none does (or if there are no
   records). Returns the counts seen."""
   if len(records) == 0:
-    raise ValueError(f"data: the dataset has no records ({records!r} is empty)" if hasattr(records, "prepared_dir")
+    raise DataError(f"data: the dataset has no records ({records!r} is empty)" if hasattr(records, "prepared_dir")
                      else "data: the dataset has no records")
   tokenize = TokenizeRecord(formatter, dataclasses.replace(options, strict=False))
   counts, first = collections.Counter(), {}
@@ -232,7 +268,7 @@ def check_supervised(records, formatter: Formatter, options: PipelineOptions, li
     counts[element["skip"]] += 1
     first.setdefault(element["skip"], element["location"])
   firsts = "; ".join(f"{reason} first at {location}" for reason, location in first.items())
-  raise ValueError(f"data: no record yields a supervised token ({n} scanned; by reason: {dict(counts)}; {firsts}). "
+  raise DataError(f"data: no record yields a supervised token ({n} scanned; by reason: {dict(counts)}; {firsts}). "
                    "Check the field mapping (data.jsonl.*), loss_on, seq_len and truncation.")
 
 

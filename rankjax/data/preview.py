@@ -53,7 +53,8 @@ def preview(config, n: int, workdir: str, color: bool = False) -> str:
           shown += 1
         if shown == n:
           break
+    lines.append("=== records read so far, each once (used, skipped by reason, truncated): "
+                 f"{pipe.record_counts(read_ahead=True)}; {pipe.epochs_read(read_ahead=True):.2f} epochs read")
   finally:
     pipe.close()
-  lines.append(f"=== records so far: {pipe.record_counts()}")
   return "\n".join(lines)

@@ -12,6 +12,7 @@ import collections.abc
 import json
 
 import numpy as np
+from rankjax.models.errors import DataError
 
 POOL_RECORDS = 2000  # responses whose words form the pool
 
@@ -23,7 +24,7 @@ def word_pool(records, limit: int = POOL_RECORDS) -> list[str]:
     record = records[i]
     words.update(_response_of(record).split())
   if not words:
-    raise ValueError("data.response_noise: the records have no response words to draw noise from")
+    raise DataError("data.response_noise: the records have no response words to draw noise from")
   return sorted(words)
 
 

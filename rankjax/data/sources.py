@@ -95,13 +95,18 @@ def validate_config(config) -> None:
   if not 0.0 <= float(config.response_noise.rate) <= 0.5:
     raise ConfigError(f"config.data.response_noise.rate={config.response_noise.rate} must lie in [0, 0.5]")
   defaults, used = default_config(), _groups_for(config.source)
-  for group in ("synthetic", "files", "jsonl"):
-    if group in used:
-      continue
-    for field, value in config[group].items():
-      if value != defaults[group][field]:
-        raise ConfigError(f"config.data.{group}.{field}={value!r} does not apply to config.data.source="
-                          f"{config.source!r}: it reads only {sorted('data.' + g for g in used)}")
+  stray = [(f"config.data.{group}.{field}", value, defaults[group][field])
+           for group in ("synthetic", "files", "jsonl") if group not in used
+           for field, value in config[group].items() if value != defaults[group][field]]
+  if stray:
+    fields = ", ".join(f"{name}={value!r}" for name, value, _ in stray)
+    resets = " ".join(f"--{name}={default}" for name, _, default in stray)
+    start = ("configs/synthetic_sft.py" if config.source == "synthetic" else
+             "a config written for file sources, e.g. configs/gsm8k_tiny.py (it sets data.files.manual_dir)")
+    raise ConfigError(f"{fields} {'does' if len(stray) == 1 else 'do'} not apply to config.data.source="
+                      f"{config.source!r}, which reads only {', '.join(sorted('data.' + g for g in used))}: the config "
+                      f"file sets {'it' if len(stray) == 1 else 'them'} for another source. Start from {start}, "
+                      f"or reset {'it' if len(stray) == 1 else 'them'} with {resets}")
 
 
 def resolved(config, field: str):
@@ -131,7 +136,7 @@ def load_records(config, split: str | None = None):
   if config.source == "synthetic":
     splits = synthetic_splits(config)
     if split not in splits:
-      raise ValueError(f"config.data.split={split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
+      raise ConfigError(f"config.data.split={split!r} is not a split of the synthetic corpus {SYNTHETIC_SPLITS}")
     return synthetic.as_records(splits[split], split)
   from rankjax.data import tfds_builders  # noqa: PLC0415 (TFDS is imported only for file sources)
   kwargs = dict(config.jsonl) if config.source == "jsonl" else {}

@@ -15,6 +15,7 @@ from rankjax.data import formatting, pipeline, response_noise, sources
 from rankjax.data.hf_tokenizer import HFTokenizer
 from rankjax.data.bpe import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from rankjax.data.tokenizer import resolve_tokenizer
+from rankjax.models.errors import ConfigError
 
 
 def run_tokenizer(config, workdir: str, vocab_size: int, pretrained: str = "", records=None) -> HFTokenizer:
@@ -36,7 +37,7 @@ def pipeline_options(config) -> pipeline.PipelineOptions:
   n = jax.process_count()
   shuffle_seed = int(d.shuffle_seed) if int(d.shuffle_seed) >= 0 else int(config.seed)
   if d.batch_size % n:
-    raise ValueError(f"config.data.batch_size={d.batch_size} is not divisible by the {n} processes")
+    raise ConfigError(f"config.data.batch_size={d.batch_size} is not divisible by the {n} processes")
   return pipeline.PipelineOptions(
       seq_len=d.seq_len, rows_per_host=d.batch_size // n, shuffle_seed=shuffle_seed, truncation=d.truncation,
       loss_on=d.loss_on, strict=d.strict, packing=sources.resolved(d, "packing"), packing_bins=d.packing_bins,

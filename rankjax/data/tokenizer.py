@@ -12,6 +12,7 @@ from rankjax import models
 from rankjax.data import bpe
 from rankjax.data.gguf_tokenizer import load_gguf_tokenizer
 from rankjax.data.hf_tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, HFTokenizer, load_hf_tokenizer
+from rankjax.models.errors import ConfigError, DataError, DataFileNotFoundError
 
 
 def load_tokenizer(path: str) -> HFTokenizer:
@@ -28,7 +29,7 @@ def load_tokenizer(path: str) -> HFTokenizer:
   if os.path.isdir(path) or os.path.isfile(os.path.join(folder, TOKENIZER_CONFIG_FILE)):
     return load_hf_tokenizer(folder)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"data.tokenizer_path: no tokenizer at {path} (expected a directory holding "
+    raise DataFileNotFoundError(f"data.tokenizer_path: no tokenizer at {path} (expected a directory holding "
                             f"{TOKENIZER_FILE} or a {TOKENIZER_FILE} file)")
   return bpe.wrap(tokenizers.Tokenizer.from_file(path), folder)
 
@@ -45,10 +46,10 @@ def resolve_tokenizer(tokenizer_path: str, hf_dir: str, workdir: str, vocab_size
   elif os.path.isfile(os.path.join(workdir, TOKENIZER_FILE)):
     tokenizer = load_tokenizer(os.path.join(workdir, TOKENIZER_FILE))
   elif texts is None:
-    raise ValueError("data: no tokenizer (set data.tokenizer_path, or init_from a Hugging Face checkpoint)")
+    raise ConfigError("data: no tokenizer (set data.tokenizer_path, or init_from a Hugging Face checkpoint)")
   else:
     tokenizer = bpe.train_bpe(texts, vocab_size, workdir)
   if tokenizer.vocab_size > vocab_size:
-    raise ValueError(f"tokenizer {tokenizer.path or ''} has {tokenizer.vocab_size} tokens but the model's vocab_size "
+    raise DataError(f"tokenizer {tokenizer.path or ''} has {tokenizer.vocab_size} tokens but the model's vocab_size "
                      f"is {vocab_size}: targets would fall outside the vocabulary")
   return tokenizer

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from rankjax.models.errors import DataFileNotFoundError
 from rankjax.models.hf_config import HFConfigError
 
 GGUF_SUFFIX = ".gguf"
@@ -75,7 +76,7 @@ class GGUFCheckpoint:
     except ImportError as e:
       raise ImportError(f"reading {path} needs the gguf package: pip install gguf") from e
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"no GGUF file at {path}")
+      raise DataFileNotFoundError(f"no GGUF file at {path}")
     self.path = path
     try:
       self._reader = gguf.GGUFReader(path, "r")

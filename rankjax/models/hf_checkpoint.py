@@ -13,7 +13,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from rankjax.models.errors import ConfigError
+from rankjax.models.errors import ConfigError, DataFileNotFoundError, InputError
 from rankjax.models import config as model_config
 from rankjax.models import gguf_checkpoint, hf_config, hf_keys, sharding
 from rankjax.models.decoder import Transformer, build_model
@@ -113,7 +113,7 @@ def resolve_init_from(path: str) -> InitFrom:
     return InitFrom("hf", path)
   if _is_checkpoints_dir(path) or _has_checkpoints_dir(path):
     return InitFrom("workdir", path)
-  raise FileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors), "
+  raise DataFileNotFoundError(f"init_from: {path} is neither a Hugging Face checkpoint (config.json + *.safetensors), "
                           f"a GGUF file (*.gguf) nor a rankjax workdir (a directory with checkpoints/)")
 
 
@@ -187,7 +187,7 @@ def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=N
 
   Tensors are memory-mapped and converted one at a time; with `mesh`, every parameter is
   created directly in its NamedSharding (from the logical axes and `rules`, default
-  `sharding.DEFAULT_RULES`) and each device reads only its own slice. Raises ValueError
+  `sharding.DEFAULT_RULES`) and each device reads only its own slice. Raises InputError (a ValueError)
   naming the tensor for a missing, unexpected or mis-shaped tensor.
   """
   reader = gguf_checkpoint.GGUFCheckpoint(path) if gguf_checkpoint.is_gguf(path) else CheckpointReader(path)
@@ -201,12 +201,12 @@ def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=N
 
   missing = [name for name, _, _ in mapping if name not in reader]
   if missing:
-    raise ValueError(f"{path}: the checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:5]}")
+    raise InputError(f"{path}: the checkpoint lacks {len(missing)} tensor(s) the config needs, e.g. {missing[:5]}")
   expected = {name for name, _, _ in mapping}
   tied_head = {"lm_head.weight"} if model.config.tie_embeddings else set()
   unexpected = [n for n in reader.names() if n not in expected | tied_head and not n.endswith(hf_keys.IGNORED_SUFFIXES)]
   if unexpected:
-    raise ValueError(f"{path}: the checkpoint has {len(unexpected)} tensor(s) the config does not use, e.g. "
+    raise InputError(f"{path}: the checkpoint has {len(unexpected)} tensor(s) the config does not use, e.g. "
                      f"{unexpected[:5]} (does config.json match the weights?)")
 
   params: dict = {}
@@ -215,8 +215,12 @@ def load_params(model: Transformer, path: str, mesh: Mesh | None = None, rules=N
     stored = reader.array(name)
     want = hf_keys.hf_shape(rule, target.shape)
     if stored.shape != want:
-      raise ValueError(f"{path}: tensor {name!r} has shape {stored.shape}, but the config implies {want} "
+      raise InputError(f"{path}: tensor {name!r} has shape {stored.shape}, but the config implies {want} "
                        f"(rankjax {'/'.join(param_path)} {target.shape})")
+    if np.dtype(stored.dtype).kind in "iub":  # np.asarray would turn quantised codes into floats without a word
+      raise InputError(f"{path}: tensor {name!r} is stored as {np.dtype(stored.dtype).name}: a quantised checkpoint "
+                       "(its config.json's quantization_config says how), which rankjax does not dequantise; load "
+                       "the unquantised weights, or a GGUF file")
     view = hf_keys.to_rankjax(rule, stored, target.shape)
     if shardings is None:
       value = jnp.asarray(np.asarray(view, dtype=target.dtype))

@@ -15,6 +15,7 @@ import os
 import ml_collections
 
 from rankjax.models import config as model_config
+from rankjax.models.errors import DataFileNotFoundError, InputError
 
 HF_MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
@@ -25,14 +26,36 @@ _DIRECT = {
     "rms_norm_eps": "norm_eps", "tie_word_embeddings": "tie_embeddings",
     "max_position_embeddings": "max_position_embeddings",
 }
-# Bookkeeping with no effect on the forward pass (generic PretrainedConfig fields included).
-_IGNORED = {
-    "architectures", "model_type", "dtype", "torch_dtype", "transformers_version", "initializer_range", "use_cache",
-    "pad_token_id", "max_window_layers", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
-    "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward", "is_encoder_decoder", "is_decoder",
-    "add_cross_attention", "tie_encoder_decoder", "finetuning_task", "id2label", "label2id", "tokenizer_class",
-    "prefix", "sep_token_id", "decoder_start_token_id", "task_specific_params", "problem_type", "name_or_path",
+# Fields that cannot change the network's logits, by family: accepted and not used. The one list of them (each
+# family has a test in tests/test_hf_config_fields.py); any field not here, not mapped and not checked is refused.
+HARMLESS_FIELDS = {
+    # Token ids the tokenizer and the generation loop use; the weights do not depend on them (bos/eos are read).
+    "token ids": ("pad_token_id", "unk_token_id", "sep_token_id", "mask_token_id", "cls_token_id",
+                  "decoder_start_token_id"),
+    # How transformers runs or returns the model: the KV cache, output structure, TorchScript.
+    "runtime switches": ("use_cache", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
+                         "use_bfloat16", "tf_legacy_loss", "chunk_size_feed_forward", "pruned_heads"),
+    # Who wrote the file and for which task head (rankjax reads the causal-LM weights only).
+    "provenance": ("architectures", "model_type", "transformers_version", "name_or_path", "tokenizer_class",
+                   "finetuning_task", "id2label", "label2id", "problem_type", "prefix", "task_specific_params"),
+    # The dtype the weights were saved in: rankjax reads each tensor's own dtype and casts to config.model's.
+    "storage dtype": ("torch_dtype", "dtype"),
+    # Initialisation of new weights; loaded weights are what they are.
+    "initialisation": ("initializer_range",),
+    # Sliding-window layer count: no effect while use_sliding_window is False (checked below).
+    "sliding window bookkeeping": ("max_window_layers",),
+    # Generation defaults of older config.json files (transformers < 4.41): decoding settings, not the network.
+    "generation defaults": ("max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature",
+                            "top_k", "top_p", "typical_p", "repetition_penalty", "length_penalty",
+                            "no_repeat_ngram_size", "num_return_sequences", "bad_words_ids", "num_beam_groups",
+                            "diversity_penalty", "forced_bos_token_id", "forced_eos_token_id",
+                            "remove_invalid_values", "encoder_no_repeat_ngram_size", "begin_suppress_tokens",
+                            "suppress_tokens", "exponential_decay_length_penalty"),
+    # A quantisation recipe: harmless only when the tensors are already dequantised (e.g. written by transformers
+    # from a GGUF file); a quantised tensor (integer dtype, or scales beside it) is refused when the weights load.
+    "quantisation (dequantised weights)": ("quantization_config",),
 }
+_IGNORED = {name for names in HARMLESS_FIELDS.values() for name in names}
 # Fields rankjax supports only at one value: field -> (allowed values, what it would take).
 _REQUIRED = {
     "hidden_act": (("silu",), "a SwiGLU MLP with SiLU"),
@@ -41,12 +64,16 @@ _REQUIRED = {
     "mlp_bias": ((False,), "no MLP biases"),
     "use_sliding_window": ((False,), "full attention in every layer"),
     "use_mrope": ((False,), "1-D rotary positions"),
+    "is_encoder_decoder": ((False,), "a decoder-only model"),
+    "add_cross_attention": ((False,), "no cross-attention"),
+    "tie_encoder_decoder": ((False,), "a decoder-only model"),
+    "is_decoder": ((False, True), "a decoder-only model"),
 }
 _ROPE_KEYS = {"rope_theta", "rope_type", "type", "factor", "low_freq_factor", "high_freq_factor",
               "original_max_position_embeddings"}
 
 
-class HFConfigError(ValueError):
+class HFConfigError(InputError):
   """A config.json field rankjax cannot honour; the message names the file and the field."""
 
 
@@ -160,8 +187,8 @@ def read_hf_config(path: str) -> ml_collections.ConfigDict:
   """`config_from_hf` of `path`/config.json (or `path` itself when it is the json file)."""
   file = path if path.endswith(".json") else os.path.join(path, "config.json")
   if not os.path.isfile(file):
-    raise FileNotFoundError(f"no Hugging Face config at {file}")
-  with open(file, encoding="utf-8") as f:
+    raise DataFileNotFoundError(f"no Hugging Face config at {file}")
+  with open(file, encoding="utf-8-sig") as f:  # -sig: a leading byte-order mark is not JSON
     try:
       hf = json.load(f)
     except json.JSONDecodeError as e:

@@ -21,6 +21,8 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 
+from rankjax.models.errors import DataFileNotFoundError
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -69,10 +71,10 @@ def _read_header(file: str) -> dict[str, TensorInfo]:
 def checkpoint_files(path: str) -> list[str]:
   """The safetensors files of checkpoint directory `path`: those named by its index, else model.safetensors, else all *.safetensors."""
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    raise DataFileNotFoundError(f"checkpoint directory {path} does not exist")
   index = os.path.join(path, INDEX_FILE)
   if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
+    with open(index, encoding="utf-8-sig") as f:
       weight_map = json.load(f)["weight_map"]
     files = sorted(set(weight_map.values()))
     for name in files:

@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rankjax import models
+from rankjax.models.errors import DataFileNotFoundError
 from rankjax.rundir import layout
 from rankjax.rundir.progress import committed_steps  # noqa: F401 (re-exported: its users import it from here)
 
@@ -157,7 +158,7 @@ def restore_params(checkpoint_dir: str, like_params):
   """Parameters of the latest checkpoint in `checkpoint_dir` (a run's workdir or its checkpoints/)."""
   directory = layout.checkpoints_dir(checkpoint_dir)
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
+    raise DataFileNotFoundError(f"init_from: {checkpoint_dir} is neither a Hugging Face checkpoint (config.json + "
                             f"*.safetensors) nor a rankjax workdir (no checkpoint directory at {directory})")
   with ocp.CheckpointManager(os.path.abspath(directory), item_names=("params", "opt_state", "meta")) as manager:
     step = manager.latest_step()

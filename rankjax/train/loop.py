@@ -155,8 +155,17 @@ def export(config, workdir: str, model, params, frozen, init: models.InitFrom, t
                                    os.path.abspath(init.path) if init.path else "")
 
 
-def _record_metrics(counts: dict) -> dict:
-  return {f"data/{reason}": float(n) for reason, n in sorted(counts.items())}
+def _record_metrics(data) -> dict:
+  """metrics.jsonl's data/<reason> (records, each counted once) and data/epochs (passes over them read)."""
+  return {**{f"data/{reason}": float(n) for reason, n in sorted(data.record_counts().items())},
+          "data/epochs": float(data.epochs_read())}
+
+
+def _records_line(data) -> str:
+  """The log line's account of the data: records by reason, each once, and the epochs read."""
+  share = f" (process {jax.process_index()}'s share)" if jax.process_count() > 1 else ""
+  return (f"data records{share} by reason, each record once (used, skipped by reason, truncated): "
+          f"{data.record_counts()}; {data.epochs_read():.2f} epochs read")
 
 
 class _NoWriter:
@@ -201,7 +210,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   model_flops = flops.flops_per_token(model.config, config.data.seq_len)
   peak = flops.peak_flops_per_device(jax.devices()[0], model.config.dtype)
   if lead and data.record_counts() and set(data.record_counts()) != {"used"}:
-    print(f"[rankjax] {workdir}: examples by reason so far: {data.record_counts()}", flush=True)
+    print(f"[rankjax] {workdir}: so far, {_records_line(data)}", flush=True)
 
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and lead),
                   dynamic_ncols=True, desc=os.path.basename(os.path.normpath(workdir)),
@@ -240,7 +249,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
         metrics, histograms = token_histograms.split_histograms(jax.device_get(metrics))
         writer.write_histograms(done, histograms)
         elapsed = time.perf_counter() - t_last
-        metrics.update(_record_metrics(data.record_counts()))
+        metrics.update(_record_metrics(data))
         if evaluate:  # after `elapsed`: its time is not counted in tokens_per_second
           metrics.update(evaluator(state.params if frozen is None else
                                    lora.combine(quantized.dequantize_tree(frozen, param_dtype), state.params), done))
@@ -258,8 +267,7 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
         checkpointing.wait(manager)
         raise preemption.Preempted(done, watch.reason, checkpointing.directory(manager))
     if lead and data.record_counts():
-      print(f"[rankjax] {workdir}: data records by reason (used, skipped, truncated): {data.record_counts()}",
-            flush=True)
+      print(f"[rankjax] {workdir}: {_records_line(data)}", flush=True)
     checkpointing.wait(manager)
     if config.export_hf:
       export(config, workdir, model, state.params, frozen, init, tokenizer)

@@ -28,6 +28,7 @@ from rankjax.data.answers import extract_answer
 from rankjax.data.formatting import record_location
 from rankjax.data.tfds_builders.records import (BadRecord, InvalidLine, RecordFields, check_messages, expected_names,
                                                 file_digest, find_split_files, number_text, read_records)
+from rankjax.models.errors import DataFileNotFoundError
 
 # Never reach Google Cloud Storage for dataset files or metadata (the default in recent TFDS; made explicit).
 gcs_utils._is_gcs_disabled = True
@@ -72,11 +73,11 @@ class LocalFilesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def split_files(self, manual_dir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     """Returns {split: files} found in `manual_dir`; FileNotFoundError when it is missing or has none."""
     if not manual_dir.is_dir():
-      raise FileNotFoundError(f"{self.name}: manual dir {manual_dir} does not exist; it should hold "
+      raise DataFileNotFoundError(f"{self.name}: manual dir {manual_dir} does not exist; it should hold "
                               f"{expected_names()} files")
     files = find_split_files(manual_dir)
     if not files:
-      raise FileNotFoundError(f"{self.name}: no data files in {manual_dir}; expected {expected_names()}")
+      raise DataFileNotFoundError(f"{self.name}: no data files in {manual_dir}; expected {expected_names()}")
     return files
 
   def fingerprint(self, manual_dir: pathlib.Path) -> str:
@@ -264,7 +265,7 @@ class MathEval(LocalFilesBuilder):
     for path in candidates:
       if path.is_file():
         return {"test": [path]}
-    raise FileNotFoundError(f"{self.name}/{self.builder_config.name}: no test file; expected "
+    raise DataFileNotFoundError(f"{self.name}/{self.builder_config.name}: no test file; expected "
                             f"{' or '.join(map(str, candidates))}")
 
   def convert(self, fields: RecordFields) -> dict:

@@ -17,6 +17,8 @@ from typing import Any
 FORMATS = (".jsonl", ".parquet")
 _SPLIT_RE = re.compile(r"^(\w+?)(?:-[^/]*)?$")  # "<split>" or a shard "<split>-00000-of-00004"
 _PARQUET_BATCH = 1024
+# Windows tools (Notepad, Excel, PowerShell's Out-File) start UTF-8 text with a byte-order mark; it is not data.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class InvalidLine:
@@ -94,7 +96,8 @@ def check_messages(value: Any) -> tuple[str, str, str, str]:
 
 def read_records(path: pathlib.Path) -> Iterator[tuple[int, dict | InvalidLine]]:
   """Yields (0-based index, raw record) of a .jsonl (index = line number - 1; blank lines skipped; a line that
-  is not a JSON object, or not UTF-8, gives an `InvalidLine`) or .parquet (index = row number) file."""
+  is not a JSON object, or not UTF-8, gives an `InvalidLine`; a leading UTF-8 byte-order mark and CRLF line ends
+  are accepted) or .parquet (index = row number) file."""
   if path.suffix == ".parquet":
     import pyarrow.parquet as pq  # only Parquet sources need it
     index = 0
@@ -105,6 +108,8 @@ def read_records(path: pathlib.Path) -> Iterator[tuple[int, dict | InvalidLine]]
     return
   with open(path, "rb") as f:
     for index, line in enumerate(f):
+      if index == 0:
+        line = line.removeprefix(UTF8_BOM)
       if not line.strip():
         continue
       try:
@@ -126,7 +131,7 @@ def has_records(path: pathlib.Path) -> bool:
     import pyarrow.parquet as pq  # only Parquet sources need it
     return pq.ParquetFile(path).metadata.num_rows > 0
   with open(path, "rb") as f:
-    return any(line.strip() for line in f)
+    return any(line.removeprefix(UTF8_BOM).strip() for line in f)
 
 
 def file_digest(path: pathlib.Path) -> str:

@@ -18,6 +18,7 @@ from absl import logging
 
 from rankjax.data.tfds_builders.builders import BUILDERS, LocalFilesBuilder, SftConfig, SftJsonl, known_builders
 from rankjax.data.tfds_builders.records import expected_names, has_records
+from rankjax.models.errors import ConfigError, DataError, DataFileNotFoundError
 
 
 def _sft_config_name(manual_dir: str, mapping: dict) -> str:
@@ -41,7 +42,7 @@ def make_sft_builder(name: str | None, manual_dir: str, data_dir: str | None = N
     if not isinstance(value, str):
       raise TypeError(f"sft_jsonl: {key} must be a str field name, got {value!r}")
   if not messages_field and not (prompt_field and (response_field or answer_field)):
-    raise ValueError("sft_jsonl: set messages_field, or prompt_field and response_field (or, for an evaluation "
+    raise ConfigError("sft_jsonl: set messages_field, or prompt_field and response_field (or, for an evaluation "
                      "set without responses, prompt_field and answer_field)")
   name = name or _sft_config_name(manual_dir, mapping)
   config = SftConfig(name=name, description=f"fields {mapping}", **mapping)
@@ -99,7 +100,7 @@ def prepare(builder: LocalFilesBuilder, manual_dir: str) -> LocalFilesBuilder:
                             file_format="array_record")
   for split, paths in builder.split_files(manual).items():  # FileNotFoundError naming the path before TFDS's checks
     if not any(has_records(p) for p in paths):  # TFDS would fail with "No examples were yielded"
-      raise ValueError(f"{builder.name}: split {split!r} has no records: {', '.join(map(str, paths))} "
+      raise DataError(f"{builder.name}: split {split!r} has no records: {', '.join(map(str, paths))} "
                        f"{'is' if len(paths) == 1 else 'are'} empty (blank lines are not records); nothing was "
                        "prepared")
   builder.download_and_prepare(
@@ -174,11 +175,11 @@ def load_source(builder_name: str, split: str, manual_dir: str, data_dir: str | 
   """
   base_split = re.match(r"^\s*(\w+)", split)
   if not base_split:
-    raise ValueError(f"{builder_name}: invalid split {split!r}")
+    raise ConfigError(f"{builder_name}: invalid split {split!r}")
   builder = make_builder(builder_name, manual_dir, data_dir, **builder_kwargs)
   if base_split.group(1) not in builder.info.splits:
     where = os.path.abspath(manual_dir)
     expected = expected_names(base_split.group(1)) if builder.name != "math_eval" else "test.jsonl"
-    raise FileNotFoundError(f"{builder.info.full_name}: no split {base_split.group(1)!r} in {where} "
+    raise DataFileNotFoundError(f"{builder.info.full_name}: no split {base_split.group(1)!r} in {where} "
                             f"(expected {expected}); prepared splits: {sorted(builder.info.splits)}")
   return RecordSource(os.fspath(builder.data_dir), split.strip())
