@@ -1,5 +1,8 @@
 """Launches a training run: python -m rankjax.main --config=configs/NAME.py --workdir=DIR [--config.key=value ...].
 
+A config with an `rl` group (configs/grpo_*.py) runs GRPO-style training from verifiable rewards
+(`rankjax.rl.loop.train_rl`) instead of supervised fine-tuning.
+
 Relaunching with the same workdir resumes from the latest checkpoint. The demo (configs/demo.py) is its own
 command, `python -m rankjax.demo`; given its config, this command says so (exit status 2).
 
@@ -49,7 +52,10 @@ def main(argv):
   check_training_config(config, sys.argv[1:])
   distributed = cli.init_distributed_from_flags(_FLAGS["distributed"])
   from rankjax.train import preemption
-  from rankjax.train.loop import train
+  if "rl" in config:  # GRPO-style training from verifiable rewards (rankjax/rl)
+    from rankjax.rl.loop import train_rl as train
+  else:
+    from rankjax.train.loop import train
   try:
     train(config, _FLAGS["workdir"].value)
   except preemption.Preempted as e:

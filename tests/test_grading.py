@@ -246,6 +246,7 @@ def test_pool_survives_crashing_and_out_of_memory_gradings():
   pairs, expected = _chaos_pairs({3: "memory", 17: "crash", 18: "memory", 30: "crash"})
   with GradingPool(workers=2, timeout_s=TIMEOUT_S, fn=chaos_grade) as chaos_pool:
     assert chaos_pool.grade_many(pairs) == expected
+    assert chaos_pool.lost == 2  # the two crashes (a MemoryError is caught in the worker: graded False, not lost)
     assert chaos_pool.grade_many([("\\boxed{7}", "7"), ("\\boxed{crash}", "x"), ("\\boxed{8}", "9")]) == [
       True, False, False]
     with pytest.raises(RuntimeError, match="grading failed"):  # an error in fn is not graded False
@@ -263,6 +264,7 @@ def test_pool_survives_hung_gradings():
     # Each hung pair costs at most 2 hard timeouts (timeout_s + 2 s), the two run in parallel; plus respawns,
     # which take seconds on a loaded machine (15 s seen at load 15 on 2 cores): a margin of 3.
     assert time.monotonic() - start < 3 * 2 * (timeout_s + 2) * SCALE
+    assert chaos_pool.lost == 3  # two hangs and a crash, counted for RL's grading_lost metric
     assert chaos_pool.map([("\\boxed{9}", "9"), ("\\boxed{8}", "9")]) == [True, False]  # still working after the kills
 
 

@@ -9,9 +9,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "rankjax"
 # on top. ConfigError (raised by every validator) is models/errors.py. sampling (generation on a model) needs only
 # models and serves eval and train (rollouts): floor 1. cli (flag parsing, the runner, the multi-host start) and
 # rundir (the run folder's names, read by train, sweeps, launchers, report) sit beside train: floor 2; models
-# spells the two names of a run folder it must recognise (tests/test_rundir.py checks they agree).
+# spells the two names of a run folder it must recognise (tests/test_rundir.py checks they agree). rl (GRPO: the
+# train loop's pieces, the sampling engine and the grading pool) sits beside train and eval: floor 2.
 FLOOR = {"models": 0, "losses": 0, "data": 1, "sampling": 1, "cli": 2, "rundir": 2, "train": 2, "eval": 2,
-         "diagnostics": 2}
+         "diagnostics": 2, "rl": 2}
 
 
 def _modules() -> dict[str, pathlib.Path]:

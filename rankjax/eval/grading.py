@@ -270,6 +270,7 @@ class GradingPool:
     self.timeout_s = timeout_s
     self._fn = fn or grade_answer
     self._closed = False
+    self.lost = 0  # pairs graded False because their grading timed out or crashed its worker
     import pebble
 
     self._pool = pebble.ProcessPool(
@@ -300,6 +301,7 @@ class GradingPool:
           verdicts[i] = verdict
     for chunk, results in zip(retry, self._run(retry, timeout_s)):
       verdicts[chunk[0][0]] = bool(results and results[0])
+      self.lost += results is None
     return verdicts
 
   map = grade_many
