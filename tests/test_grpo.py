@@ -208,3 +208,30 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_bad_rl_fields_are_named(override, match):
   with pytest.raises(ConfigError, match=match):
     rl_loop.validate(_config(**override))
+
+
+def test_sigterm_saves_the_step_and_a_relaunch_finishes(tmp_path):
+  """A SIGTERM during step 2's grading (the reward function sends it) ends the run after step 2 with its checkpoint
+  (`Preempted`, which `python -m rankjax.main` turns into exit status 75); the relaunch runs step 3 only."""
+  import signal  # noqa: PLC0415
+
+  from rankjax.train import preemption  # noqa: PLC0415
+  calls = []
+
+  def terminating(completions, golds, pool):
+    calls.append(len(completions))
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return _length_parity(completions, golds, pool)
+
+  rewards.register("terminating", terminating)
+  try:
+    config = _config(**{"rl.rewards": "terminating", "total_steps": 3, "checkpoint_every": 10, "log_every": 1})
+    with pytest.raises(preemption.Preempted, match="stopped after step 2, checkpoint of step 2 saved"):
+      rl_loop.train_rl(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    rl_loop.train_rl(config, str(tmp_path))
+  finally:
+    rewards.REWARDS.pop("terminating")
+  assert len(calls) == 3 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
+  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3]
