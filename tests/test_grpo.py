@@ -235,3 +235,11 @@ def test_sigterm_saves_the_step_and_a_relaunch_finishes(tmp_path):
     rewards.REWARDS.pop("terminating")
   assert len(calls) == 3 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
   assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("path", ["configs/grpo_synthetic.py", "configs/grpo_gsm8k.py", "configs/grpo_qwen25_math_7b.py"])
+def test_rl_config_files_validate(path):
+  from rankjax.train.config import load_config_file  # noqa: PLC0415
+  config = load_config_file(path)
+  rl_config.validate(config)
+  assert config.rl.token_weight == "none" and config.total_steps > 0
