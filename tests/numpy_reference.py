@@ -177,6 +177,8 @@ def weights(logits, targets, mask, config):
     return np.ones(shape, dtype=np.float64)
   if name == "dft":
     return np.exp(target_log_prob(logits, targets))
+  if name == "prob_power":  # p^k, written as a power (the scheme forms exp(k log p))
+    return np.power(np.exp(target_log_prob(logits, targets)), float(config.prob_power_k))
   if name == "talr":
     return talr_weight(logits, targets, mask, config.talr_min_tau, config.talr_normalize)
   if name == "eaft":

@@ -11,6 +11,7 @@ from tests.helpers import loss_config
 
 CONFIGS = {
     "sft": {"name": "sft"}, "dft": {"name": "dft"}, "talr": {"name": "talr"}, "eaft": {"name": "eaft"},
+    "prob_power": {"name": "prob_power", "prob_power_k": 3.0},
     "ranktuner": {"name": "ranktuner"}, "ranktuner_bound_uniform": {"name": "ranktuner", "form": "bound", "base": "uniform"},
 }
 

@@ -24,6 +24,17 @@ def _dft_weight(args: WeightArgs):
   return jnp.exp(args.stats.log_prob)
 
 
+def _prob_power_weight(args: WeightArgs):
+  # sg(p^k) formed as exp(k log p): k = 0 gives exactly 1 (SFT), k = 1 exactly exp(log p) (DFT's weight).
+  return jnp.exp(float(args.config.prob_power_k) * args.stats.log_prob)
+
+
+def _prob_power_validate(config):
+  k = float(config.prob_power_k)
+  if not 0.0 <= k <= 1000.0:
+    raise ConfigError(f"loss config: prob_power_k={config.prob_power_k} must lie in [0, 1000] (0: SFT, 1: DFT)")
+
+
 def _talr_weight(args: WeightArgs):
   return weights.talr_weight(args.stats.log_prob, args.batch)
 
@@ -88,6 +99,10 @@ BUILTIN = (
                    # Bound form: S_t = max(p_t s_t, bound_floor)^(-K_t), so S_t <= 1 / bound_floor (spec section
                    # 3; the reference implementation's 1e-6).
                    "bound_floor": 1e-6}),
+    # -p^k family ("Beyond Log Likelihood", arXiv 2510.00526): the weight sg(p_t^k) on -log p_t has the gradient of
+    # (1 - p_t^k) / k; its abstract names -p (k = 1) and -p^10 as the objectives that beat NLL on strong bases.
+    Scheme(name="prob_power", weight=_prob_power_weight, validate=_prob_power_validate,
+           fields={"prob_power_k": 10.0}),  # the exponent k >= 0 (0: SFT; 1: DFT)
 )
 
 for _scheme in BUILTIN:
