@@ -242,3 +242,27 @@ def test_a_micro_batch_smaller_than_the_batch_ways_is_flagged_and_advised():
       "collectives_per_step": {"all-gather": {"count": 0, "bytes": 0}, "partial": False, "largest": []},
       "compile_seconds": 1.0, "lower_seconds": 1.0}}
   assert "does not divide among the 32 batch ways, so every chip computes all of it" in markdown.render(plan)
+
+
+def test_an_rl_step_plans_its_three_programs():
+  """A GRPO config plans the rollout engine, the behaviour pass and the update; the reference copy (beta > 0, full
+  fine-tuning) is held on every chip; plan.md says which program peaks."""
+  _libtpu()
+  from rankjax.plan import command
+  from rankjax.rl import config as rl_config
+  config = tiny_config()
+  with config.unlocked():
+    config.rl = rl_config.default_config()
+  config = with_overrides(config, {"rl.prompts_per_step": 4, "rl.num_generations": 4, "rl.max_new_tokens": 16,
+                                   "rl.beta": 0.04, "data.split": "finetune"})
+  plan = command.make_plan(config, "v5e-4", sampling=True, config_name="tiny_rl", command="test")
+  rl = plan["rl"]
+  assert rl["fits"] and rl["rows"] == 16 and rl["rows_sharded"]
+  held = rl["held_per_chip_bytes"]
+  assert held["reference"] == held["parameters"] > 0
+  assert held["optimizer_state"] == pytest.approx(2 * held["parameters"], rel=0.01)  # Adam (+ its step count)
+  assert rl["update"]["temporaries"] > 0 and rl["engine"]["memory_per_chip_bytes"]["kv_cache"] > 0
+  assert rl["peak"] == max(rl["behaviour"]["peak_with_state"], rl["update"]["peak_with_state"],
+                           rl["engine"]["peak_with_state"])
+  text = command.render(plan)
+  assert text.startswith("# RL plan: tiny_rl on v5e-4") and f"in the {rl['peak_program']} program" in text

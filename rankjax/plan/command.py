@@ -56,6 +56,14 @@ def make_plan(config, topology_name: str, mfu: float = 0.4, sampling: bool = Tru
   from rankjax.plan import sampling_plan, train_plan  # noqa: PLC0415 (after the environment above)
   devices = topologies.devices(topology)
   plan = {"config": config_name, "command": command, "train": None, "sampling": None}
+  if "rl" in config:  # a GRPO config: its rollout engine, behaviour pass and update (rankjax/plan/rl_plan.py)
+    from rankjax.plan import rl_plan  # noqa: PLC0415
+    try:
+      plan["rl"] = rl_plan.plan_rl(config, topology, devices, sampling)
+    except train_plan.DoesNotFit as e:
+      e.plan = {**plan, **(e.plan or {})}
+      raise
+    return plan
   try:
     plan["train"] = train_plan.plan_train(config, topology, devices, mfu)
   except train_plan.DoesNotFit as e:
@@ -77,11 +85,19 @@ def make_plan(config, topology_name: str, mfu: float = 0.4, sampling: bool = Tru
 
 def write_plan(plan: dict, workdir: str) -> None:
   """DIR/plan.json and DIR/plan.md."""
-  from rankjax.plan import markdown  # noqa: PLC0415
   from rankjax.rundir import atomic  # noqa: PLC0415
   os.makedirs(workdir, exist_ok=True)
   atomic.write_text(os.path.join(workdir, "plan.json"), json.dumps(plan, indent=2, sort_keys=True))
-  atomic.write_text(os.path.join(workdir, "plan.md"), markdown.render(plan))
+  atomic.write_text(os.path.join(workdir, "plan.md"), render(plan))
+
+
+def render(plan: dict) -> str:
+  """plan.md's text: an SFT plan (`markdown.render`) or an RL one (`rl_plan.render`)."""
+  if plan.get("rl"):
+    from rankjax.plan import rl_plan  # noqa: PLC0415
+    return rl_plan.render(plan)
+  from rankjax.plan import markdown  # noqa: PLC0415
+  return markdown.render(plan)
 
 
 def main(argv):
@@ -108,6 +124,5 @@ def main(argv):
       sys.exit(1)
     raise
   write_plan(plan, workdir)
-  from rankjax.plan import markdown  # noqa: PLC0415
-  print(markdown.render(plan), flush=True)
+  print(render(plan), flush=True)
   print(f"[rankjax] wrote {workdir}/plan.json and plan.md", flush=True)
