@@ -35,7 +35,9 @@ def get_config():
   config.data.prompt_format = "chat"
   config.data.system_prompt = MATH_COT_SYSTEM
   config.data.seq_len = 1536  # the prompt (< 512 tokens) and 1,024 new tokens
-  config.grad_accum_steps = 1
+  # 512 rollouts of up to 1,536 tokens per step: the update (and the behaviour pass) in micro-batches of 16 rollouts,
+  # as the SFT config's micro-batches of 16 x 2,048 tokens.
+  config.grad_accum_steps = 32
   config.rl.prompts_per_step = 64
   config.rl.num_generations = 8
   config.rl.max_new_tokens = 1024

@@ -101,7 +101,7 @@ def _update(config, model, params, batch, advantages, mesh=None, sgd=False):
     state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(1.0))
   else:
     state = train_state_layout.create_state(config, model, mesh).replace(params=params)
-  behaviour = jax.jit(make_behaviour_fn(model, config))(params, None, batch)
+  behaviour = jax.jit(make_behaviour_fn(model, config))(params, None, batch, params)  # reference: the start
   state, metrics = jax.jit(make_update_fn(model, config))(state, None, batch, behaviour, advantages)
   return behaviour, state.params, metrics
 
@@ -157,6 +157,24 @@ def test_sharded_update_equals_single_device(setup):
     np.testing.assert_allclose(p - a, p - b, rtol=0, atol=1e-4 * np.abs(p - b).max() + 1e-9)
 
 
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "constant"])
+def test_accumulation_equals_one_step(setup, aggregation):
+  """The update over 4 micro-batches (the whole batch's token and sequence counts as normalisers) equals the update
+  in one (SGD at learning rate 1: the gradient itself), with entropy_top's global threshold and a KL term."""
+  config, model, params, prompts, samples = setup
+  config = with_overrides(config, {"rl.aggregation": aggregation, "rl.token_weight": "entropy_top", "rl.beta": 0.1})
+  _, batch = _batch(prompts, samples)
+  adv = jnp.asarray(np.random.default_rng(3).normal(size=16), jnp.float32)
+  b1, p1, m1 = _update(config, model, params, batch, adv, sgd=True)
+  b4, p4, m4 = _update(with_overrides(config, {"grad_accum_steps": 4}), model, params, batch, adv, sgd=True)
+  for key in b1:
+    np.testing.assert_allclose(np.asarray(b4[key]), np.asarray(b1[key]), atol=1e-5, err_msg=key)
+  for key in ("loss", "kl", "clip_fraction", "ratio/min", "ratio/max"):
+    np.testing.assert_allclose(float(m4[key]), float(m1[key]), rtol=1e-5, atol=1e-7, err_msg=key)
+  for a, b, p in zip(_leaves(p4), _leaves(p1), _leaves(params)):
+    np.testing.assert_allclose(p - a, p - b, rtol=0, atol=1e-4 * np.abs(p - b).max() + 1e-9)
+
+
 def _length_parity(completions, golds, pool):
   """A reward that needs no grading and varies within groups: 1 for an even number of characters."""
   del golds, pool
@@ -202,7 +220,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     ({"rl.num_generations": 1}, r"config.rl.advantage='grpo' needs config.rl.num_generations >= 2"),
     ({"rl.epsilon": 1.5}, r"config.rl.epsilon=1.5 must lie in \(0, 1\)"),
     ({"rl.rewards": "correct,lenght"}, r"unknown reward function 'lenght'"),
-    ({"grad_accum_steps": 2}, r"config.grad_accum_steps=2: RL updates take the whole rollout batch"),
+    ({"grad_accum_steps": 3}, r"config.grad_accum_steps=3 does not divide the 16 rollouts of a step"),
     ({"rl.max_new_tokens": 95}, r"config.data.seq_len=96 leaves no room for a prompt"),
 ])
 def test_bad_rl_fields_are_named(override, match):

@@ -82,19 +82,23 @@ def entropy_top_weights(entropy: jax.Array, mask: jax.Array, fraction: float) ->
   return jnp.where(on & (entropy >= threshold), 1.0, 0.0)
 
 
-def aggregate(per_token: jax.Array, mask: jax.Array, mode: str, max_tokens: int) -> jax.Array:
+def aggregate(per_token: jax.Array, mask: jax.Array, mode: str, max_tokens: int, num_tokens=None,
+              num_sequences=None) -> jax.Array:
   """Reduces a per-token loss [N, T] over completion tokens (mask [N, T]) to a scalar.
 
   token_mean: sum over all tokens / number of tokens. seq_mean_token_mean: the mean over sequences of each
   sequence's token mean (sequences without tokens count as 0). constant (Dr. GRPO): sum / (N * max_tokens).
+  `num_tokens` / `num_sequences`: the whole batch's counts when `per_token` is one micro-batch of it (the
+  micro-batches' results then add up to the whole batch's); default this array's own.
   """
   mask = mask.astype(per_token.dtype)
   total = jnp.sum(per_token * mask)
+  sequences = per_token.shape[0] if num_sequences is None else num_sequences
   if mode == "token_mean":
-    return total / jnp.maximum(jnp.sum(mask), 1.0)
+    return total / jnp.maximum(jnp.sum(mask) if num_tokens is None else num_tokens, 1.0)
   if mode == "seq_mean_token_mean":
     per_seq = jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0)
-    return jnp.mean(per_seq)
+    return jnp.sum(per_seq) / sequences
   if mode == "constant":
-    return total / (per_token.shape[0] * float(max_tokens))
+    return total / (sequences * float(max_tokens))
   raise ValueError(f"aggregate: mode {mode!r} is not one of {AGGREGATIONS}")

@@ -20,10 +20,11 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rankjax import models
 from rankjax.plan import memory, sampling_plan
 from rankjax.plan.topologies import Topology, without_persistent_cache
-from rankjax.plan.train_plan import DoesNotFit, check_config, plan_model, _libtpu_version
+from rankjax.plan.train_plan import DoesNotFit, _libtpu_version, check_config, oom_excess, plan_model
 from rankjax.rl import config as rl_config
 from rankjax.rl.loop import _optimizer_config
 from rankjax.rl.step import BATCH_KEYS, make_behaviour_fn, make_update_fn
+from rankjax.train import config as run_config
 from rankjax.train import state as train_state_layout
 
 _DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32, "segment_ids": jnp.int32,
@@ -33,8 +34,9 @@ _DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32, 
 def plan_rl(config, topology: Topology, devices, sampling: bool = True) -> dict:
   """Compiles the RL step's programs for `topology` and returns the plan (JSON-ready); DoesNotFit when a peak
   exceeds HBM."""
-  check_config(config, topology)
   rl_config.validate(config)
+  rows_per_step = int(config.rl.prompts_per_step) * int(config.rl.num_generations)
+  check_config(run_config.with_overrides(config, {"data.batch_size": rows_per_step}), topology)
   model = plan_model(config)
   mesh = models.make_mesh(*(int(config.mesh[a]) for a in models.MESH_AXES), devices=devices)
   state = train_state_layout.abstract_state(_optimizer_config(config), model, mesh)
@@ -54,12 +56,21 @@ def plan_rl(config, topology: Topology, devices, sampling: bool = True) -> dict:
   behaviour = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rows),
                            jax.eval_shape(behaviour_fn, state.params, frozen, batch, ref))
   update_fn = jax.jit(make_update_fn(model, config), donate_argnums=0, out_shardings=(shardings, replicated))
-  with without_persistent_cache():
-    t0 = time.perf_counter()
-    behaviour_compiled = behaviour_fn.lower(state.params, frozen, batch, ref).compile()
-    t1 = time.perf_counter()
-    update_compiled = update_fn.lower(state, frozen, batch, behaviour, advantages).compile()
-    t2 = time.perf_counter()
+  arguments = memory.per_device_bytes((state, frozen, batch, behaviour, ref))
+  try:
+    with without_persistent_cache():
+      t0 = time.perf_counter()
+      behaviour_compiled = behaviour_fn.lower(state.params, frozen, batch, ref).compile()
+      t1 = time.perf_counter()
+      update_compiled = update_fn.lower(state, frozen, batch, behaviour, advantages).compile()
+      t2 = time.perf_counter()
+  except Exception as e:  # XLA:TPU refuses a program that cannot fit HBM
+    excess = oom_excess(str(e), arguments)
+    if excess is None:
+      raise
+    raise DoesNotFit(f"the RL step does not fit {topology.name}: XLA needs {memory.gib(excess):.2f} GiB per chip more "
+                     "than the HBM; raise config.grad_accum_steps (rollouts per micro-step), lower rl.max_new_tokens "
+                     "or data.seq_len, or use LoRA") from e
   b_mem, u_mem = memory.compiled_memory(behaviour_compiled), memory.compiled_memory(update_compiled)
   held = {"parameters": memory.per_device_bytes(state.params),
           "frozen_base": memory.per_device_bytes(frozen) if frozen is not None else 0,

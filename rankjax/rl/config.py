@@ -81,9 +81,10 @@ def validate(config) -> None:
     raise ConfigError(f"config.rl.grading_timeout_s={rl.grading_timeout_s} must be > 0")
   from rankjax.rl import rewards  # noqa: PLC0415
   rewards.parse(rl.rewards)
-  if int(config.grad_accum_steps) != 1:
-    raise ConfigError(f"config.grad_accum_steps={config.grad_accum_steps}: RL updates take the whole rollout batch "
-                      "in one step (set it to 1; lower rl.prompts_per_step to fit memory)")
+  rows = int(rl.prompts_per_step) * int(rl.num_generations)
+  if rows % int(config.grad_accum_steps):
+    raise ConfigError(f"config.grad_accum_steps={config.grad_accum_steps} does not divide the "
+                      f"{rows} rollouts of a step (rl.prompts_per_step x rl.num_generations)")
 
 
 def eps_high(rl) -> float:

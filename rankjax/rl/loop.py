@@ -47,9 +47,11 @@ ROLLOUTS_DIR = "rollouts"
 
 
 def validate(config) -> None:
-  """run_config.validate plus the rl group's checks (ConfigError naming the field)."""
-  run_config.validate(config)
+  """The rl group's checks, then run_config.validate (ConfigError naming the field). data.batch_size is not read
+  by RL (a step's rows are rl.prompts_per_step x rl.num_generations): it is checked as those rows."""
   rl_config.validate(config)
+  rows = int(config.rl.prompts_per_step) * int(config.rl.num_generations)
+  run_config.validate(run_config.with_overrides(config, {"data.batch_size": rows}))
   if int(config.data.seq_len) <= int(config.rl.max_new_tokens) + 1:
     raise ConfigError(f"config.data.seq_len={config.data.seq_len} leaves no room for a prompt before "
                       f"config.rl.max_new_tokens={config.rl.max_new_tokens} completion tokens")
