@@ -125,7 +125,8 @@ SLOW = {
 
 # Multiprocess tests whose processes signal or wait on each other at chosen moments (SIGTERM mid-step, heartbeats,
 # collectives over gloo): they run on one xdist worker, one at a time, so two of them never share the cores.
-TIMING_SENSITIVE = {"tests/test_multihost.py", "tests/test_multihost_failure.py", "tests/test_preemption.py"}
+TIMING_SENSITIVE = {"tests/test_multihost.py", "tests/test_multihost_failure.py", "tests/test_preemption.py",
+                    "tests/test_grpo_multihost.py"}
 
 
 def _slow_entry(nodeid: str):

@@ -176,7 +176,7 @@ def _train(config, workdir, model, init, tokenizer, prompts: rollout.Prompts, wa
             f"{float(metrics['loss'])}, grad_norm={float(metrics['grad_norm'])}). The last good checkpoint (step "
             f"{manager.latest_step()}) is kept in {workdir}/checkpoints. Lower optimizer.learning_rate.")
       t_update = time.perf_counter() - t1
-      host_behaviour = {k: np.asarray(jax.device_get(v)) for k, v in behaviour.items()}
+      host_behaviour = {k: _to_host(v) for k, v in behaviour.items()}
       row_metrics = _step_metrics(metrics, reward, parts, advantages, host, host_behaviour,
                                   (pool.lost - lost_before) if pool is not None else 0)
       row_metrics.update(rollout_seconds=t_rollout, update_seconds=t_update,
@@ -207,6 +207,13 @@ def _train(config, workdir, model, init, tokenizer, prompts: rollout.Prompts, wa
       pool.close()
     checkpointing.close(manager, raise_errors=finished)
   return row
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole global array on this host (multi-host: gathered from every process)."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def _quantiles(values: np.ndarray, prefix: str) -> dict:
