@@ -186,21 +186,39 @@ def _params(workdir):
   return manager.restore(manager.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-  """3 steps straight vs a crash after step 2's checkpoint and a relaunch: the same prompts, samples (keys are
-  functions of the step), metrics and parameters; the rollout dump names prompts, completions and weights."""
+def test_sigterm_then_relaunch_equals_uninterrupted(tmp_path):
+  """3 steps straight vs a SIGTERM during step 2 (sent by the reward function while it grades) and a relaunch: the
+  interrupted run stops after step 2 with its checkpoint (`Preempted`; `python -m rankjax.main` exits 75), the
+  relaunch runs step 3 only, with the same prompts and samples (keys are functions of the step), metrics and
+  parameters; the rollout dump names prompts, completions and weights."""
+  import signal  # noqa: PLC0415
+
+  from rankjax.train import preemption  # noqa: PLC0415
+  calls = []
+
+  def terminating(completions, golds, pool):
+    calls.append(len(completions))
+    if len(calls) == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return _length_parity(completions, golds, pool)
+
   rewards.register("length_parity", _length_parity)
+  rewards.register("terminating", terminating)
   try:
     config = _config(**{"rl.rewards": "length_parity", "rl.token_weight": "ranktuner", "rl.dump_every": 3,
-                        "total_steps": 3, "checkpoint_every": 2, "log_every": 1, "rl.updates_per_batch": 2,
+                        "total_steps": 3, "checkpoint_every": 10, "log_every": 1, "rl.updates_per_batch": 2,
                         "rl.beta": 0.05})
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     rl_loop.train_rl(config, straight)
-    shutil.copytree(straight, resumed)
-    shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))  # optimizer steps: 3 RL steps x 2 updates
-    rl_loop.train_rl(config, resumed)
+    stopping = with_overrides(config, {"rl.rewards": "terminating"})
+    with pytest.raises(preemption.Preempted, match="stopped after step 2, checkpoint of step 2 saved"):
+      rl_loop.train_rl(stopping, resumed)
+    assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["4"]  # optimizer steps: 2 RL steps x mu 2
+    rl_loop.train_rl(stopping, resumed)
   finally:
     rewards.REWARDS.pop("length_parity")
+    rewards.REWARDS.pop("terminating")
+  assert len(calls) == 3
   rows = [[json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))] for d in (straight, resumed)]
   assert [r["step"] for r in rows[1]] == [1, 2, 3]
   for a, b in zip(*rows):
@@ -226,33 +244,6 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_bad_rl_fields_are_named(override, match):
   with pytest.raises(ConfigError, match=match):
     rl_loop.validate(_config(**override))
-
-
-def test_sigterm_saves_the_step_and_a_relaunch_finishes(tmp_path):
-  """A SIGTERM during step 2's grading (the reward function sends it) ends the run after step 2 with its checkpoint
-  (`Preempted`, which `python -m rankjax.main` turns into exit status 75); the relaunch runs step 3 only."""
-  import signal  # noqa: PLC0415
-
-  from rankjax.train import preemption  # noqa: PLC0415
-  calls = []
-
-  def terminating(completions, golds, pool):
-    calls.append(len(completions))
-    if len(calls) == 2:
-      os.kill(os.getpid(), signal.SIGTERM)
-    return _length_parity(completions, golds, pool)
-
-  rewards.register("terminating", terminating)
-  try:
-    config = _config(**{"rl.rewards": "terminating", "total_steps": 3, "checkpoint_every": 10, "log_every": 1})
-    with pytest.raises(preemption.Preempted, match="stopped after step 2, checkpoint of step 2 saved"):
-      rl_loop.train_rl(config, str(tmp_path))
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
-    rl_loop.train_rl(config, str(tmp_path))
-  finally:
-    rewards.REWARDS.pop("terminating")
-  assert len(calls) == 3 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
-  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3]
 
 
 @pytest.mark.parametrize("path", ["configs/grpo_synthetic.py", "configs/grpo_gsm8k.py", "configs/grpo_qwen25_math_7b.py"])

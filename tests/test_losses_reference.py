@@ -38,7 +38,6 @@ EPS32 = float(np.finfo(np.float32).eps)
 CONFIGS = {
     "sft": {"name": "sft"},
     "dft": {"name": "dft"},
-    "prob_power_k10": {"name": "prob_power"},
     "prob_power_k2_5": {"name": "prob_power", "prob_power_k": 2.5},
     "talr": {"name": "talr"},
     "talr_unnormalized": {"name": "talr", "talr_normalize": False},
