@@ -35,7 +35,7 @@ from rankjax.rundir.progress import read_metrics  # noqa: E402
 from rankjax.rl.loop import train_rl  # noqa: E402
 from rankjax.train import config as run_config  # noqa: E402
 
-METRICS = ("pass@1", "greedy_accuracy", "final_reward")
+METRICS = ("pass@1", "greedy_accuracy", "final_reward")  # and pass@<eval_samples>
 
 
 def _eval_config(config, samples: int):
@@ -61,17 +61,27 @@ def run(config, workdir: str, weights: list[str], seeds: list[int], samples: int
       last = read_metrics(run_dir)[-5:]
       rows.append({"weight": weight, "seed": seed, **evaluate_dir(eval_cfg, run_dir, seed),
                    "final_reward": sum(r["reward/mean"] for r in last) / len(last)})
-  summary = {w: {m: mean_ci([r[m] for r in rows if r["weight"] == w]) for m in METRICS}
+  metrics = (*METRICS, f"pass@{samples}")
+  summary = {w: {m: mean_ci([r[m] for r in rows if r["weight"] == w]) for m in metrics}
              for w in ["base", *weights]}
+  base = {r["seed"]: r for r in rows if r["weight"] == "base"}
+  for w in weights:  # paired by seed: the run and the base sampled with the same evaluation keys
+    mine = [r for r in rows if r["weight"] == w]
+    summary[w]["pass@1_minus_base"] = mean_ci([r["pass@1"] - base[r["seed"]]["pass@1"] for r in mine])
+    if w != "none" and "none" in weights:
+      none = {r["seed"]: r for r in rows if r["weight"] == "none"}
+      summary[w]["pass@1_minus_none"] = mean_ci([r["pass@1"] - none[r["seed"]]["pass@1"] for r in mine])
   lines = [f"# GRPO token weights ({len(seeds)} seeds: {seeds})", "",
            f"Base {config.init_from}; {config.total_steps} GRPO steps of {config.rl.prompts_per_step} prompts x "
            f"{config.rl.num_generations} completions (T = {config.rl.temperature}, advantage {config.rl.advantage}, "
            f"lr {config.optimizer.learning_rate}); Pass@1 from {samples} samples at T = 1 of the held-out problems; "
            f"mean ± 95% t-interval over seeds (the base: sampling only). Wall time {time.time() - t0:.0f} s.", "",
-           "| token weight | Pass@1 (%) | greedy (%) | training reward, last 5 steps |", "|---|---:|---:|---:|"]
+           "| token weight | Pass@1 (%) | Pass@1 − base, paired (points) | Pass@1 − none, paired (points) | "
+           f"Pass@{samples} (%) | greedy (%) | training reward, last 5 steps |", "|---|---:|---:|---:|---:|---:|---:|"]
   for w, s in summary.items():
-    cell = lambda m, scale=100: f"{scale * s[m][0]:.1f} ± {scale * s[m][1]:.1f}"  # noqa: E731
-    lines.append(f"| {w} | {cell('pass@1')} | {cell('greedy_accuracy')} | "
+    cell = lambda m, scale=100: f"{scale * s[m][0]:.1f} ± {scale * s[m][1]:.1f}" if m in s else "-"  # noqa: E731
+    lines.append(f"| {w} | {cell('pass@1')} | {cell('pass@1_minus_base')} | {cell('pass@1_minus_none')} | "
+                 f"{cell(f'pass@{samples}')} | {cell('greedy_accuracy')} | "
                  f"{'-' if w == 'base' else cell('final_reward', 1)} |")
   text = "\n".join(lines) + "\n"
   atomic.write_text(os.path.join(workdir, "results.md"), text)
