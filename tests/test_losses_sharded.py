@@ -27,6 +27,7 @@ T, V = 5, 33
 SCHEMES = {
     "sft": {"name": "sft"},
     "dft": {"name": "dft"},
+    "prob_power": {"name": "prob_power", "prob_power_k": 3.0},
     "talr": {"name": "talr"},
     "talr_unnormalized": {"name": "talr", "talr_normalize": False},
     "eaft": {"name": "eaft", "eaft_top_k": 8},
