@@ -75,14 +75,14 @@ def run(config, workdir: str, weights: list[str], seeds: list[int], samples: int
            f"Base {config.init_from}; {config.total_steps} GRPO steps of {config.rl.prompts_per_step} prompts x "
            f"{config.rl.num_generations} completions (T = {config.rl.temperature}, advantage {config.rl.advantage}, "
            f"lr {config.optimizer.learning_rate}); Pass@1 from {samples} samples at T = 1 of the held-out problems; "
-           f"mean ± 95% t-interval over seeds (the base: sampling only). Wall time {time.time() - t0:.0f} s.", "",
+           f"mean ± 95% t-interval over seeds (the base: sampling only). Wall time of this invocation {time.time() - t0:.0f} s (finished runs and evaluations are reused).", "",
            "| token weight | Pass@1 (%) | Pass@1 − base, paired (points) | Pass@1 − none, paired (points) | "
-           f"Pass@{samples} (%) | greedy (%) | training reward, last 5 steps |", "|---|---:|---:|---:|---:|---:|---:|"]
+           f"Pass@{samples} (%) | greedy (%) | training reward (%), last 5 steps |", "|---|---:|---:|---:|---:|---:|---:|"]
   for w, s in summary.items():
     cell = lambda m, scale=100: f"{scale * s[m][0]:.1f} ± {scale * s[m][1]:.1f}" if m in s else "-"  # noqa: E731
     lines.append(f"| {w} | {cell('pass@1')} | {cell('pass@1_minus_base')} | {cell('pass@1_minus_none')} | "
                  f"{cell(f'pass@{samples}')} | {cell('greedy_accuracy')} | "
-                 f"{'-' if w == 'base' else cell('final_reward', 1)} |")
+                 f"{'-' if w == 'base' else cell('final_reward')} |")
   text = "\n".join(lines) + "\n"
   atomic.write_text(os.path.join(workdir, "results.md"), text)
   atomic.write_json(os.path.join(workdir, "results.json"), {"rows": rows, "summary": summary})
