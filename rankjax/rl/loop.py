@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rankjax import models, sampling
-from rankjax.data import stream
+from rankjax.data import sources, stream
 from rankjax.eval.grading import GradingPool
 from rankjax.losses import policy_gradient as pg
 from rankjax.models import lora, quantized
@@ -70,7 +70,6 @@ def train_rl(config, workdir: str) -> dict:
     write_config(run_config.with_model(config, model.config), workdir)
     tokenizer = stream.run_tokenizer(config, workdir, model.config.vocab_size, init.pretrained)
     formatter = stream.make_formatter(config.data, tokenizer)
-    from rankjax.data import sources  # noqa: PLC0415
     prompts = rollout.load_prompts(sources.load_records(config.data), formatter,
                                    int(config.data.seq_len) - int(config.rl.max_new_tokens) - 1)
     return _train(config, workdir, model, init, tokenizer, prompts, watch)
@@ -131,8 +130,7 @@ def _train(config, workdir, model, init, tokenizer, prompts: rollout.Prompts, wa
     return state_params if frozen is None else merge(base, state_params)
 
   writer = MetricsWriter(workdir, resume_step=start) if lead else _NoWriter()
-  evaluator = PeriodicEval(config, workdir, model.clone(lora=None) if model.lora is not None else model, tokenizer,
-                           mesh, lead)
+  evaluator = PeriodicEval(config, workdir, engine_model, tokenizer, mesh, lead)  # on the merged weights too
   pool = GradingPool(int(rl.grading_workers) or None, float(rl.grading_timeout_s)) if lead else None
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not (config.progress and lead),
                   dynamic_ncols=True, desc=os.path.basename(os.path.normpath(workdir)),
