@@ -57,6 +57,6 @@ def test_method_names():
                                                          "loss.base": "uniform"}
   assert method_overrides("dft") == {"loss.name": "dft"}
   assert parse_methods("sft, ranktuner_uniform") == ["sft", "ranktuner_uniform"]
-  assert len(METHODS) == 9 and "prob_power" in METHODS
+  assert len(METHODS) == 11 and {"prob_power", "asft", "psft"} <= set(METHODS)
   with pytest.raises(ValueError, match="unknown method 'focal'"):
     parse_methods("sft,focal")

@@ -39,7 +39,7 @@ def _hidden_and_kernel(head):
 
 def head_loss(head, targets, mask, config, context: BatchContext | None = None,
               axis_name=None, diagnose=None, inputs: dict | None = None,
-              kernel_grad: bool = True) -> tuple[jax.Array, dict]:
+              kernel_grad: bool = True, anchor=None) -> tuple[jax.Array, dict]:
   """(loss, aux) of a head output: the weighted cross-entropy in nats per supervised token of
   the global batch, and the aux scalars of `rankjax.losses.weighted_loss`.
 
@@ -48,20 +48,26 @@ def head_loss(head, targets, mask, config, context: BatchContext | None = None,
   `axis_name`, `diagnose` and `inputs` (a scheme's extra per-token inputs) are those of `weighted_loss`.
   `kernel_grad=False` (a frozen LM head, as under LoRA): the fused backward pass skips d kernel (its cotangent is
   zero), saving one [chunk, d] x [chunk, V] matmul per token chunk.
+  `anchor`: the anchor model's head output, of the same kind as `head` (logits, or (hidden, kernel)), for schemes
+  that add its KL (`Scheme.anchor_kl`, asft); None for the others.
   """
   pair = _hidden_and_kernel(head)
+  anchor_pair = None if anchor is None else _hidden_and_kernel(anchor)
+  if anchor is not None and (anchor_pair is None) != (pair is None):
+    raise ValueError("head output: the anchor's head must be of the same kind as the model's (logits, or "
+                     "(hidden, kernel))")
   if pair is None:
     return weighted_loss(head, targets, mask, config, axis_name=axis_name, context=context, diagnose=diagnose,
-                         inputs=inputs)
+                         inputs=inputs, anchor=anchor)
   hidden, kernel = pair
   return linear_weighted_loss(hidden, kernel, targets, mask, config, axis_name=axis_name, context=context,
-                              diagnose=diagnose, inputs=inputs, kernel_grad=kernel_grad)
+                              diagnose=diagnose, inputs=inputs, kernel_grad=kernel_grad, anchor=anchor_pair)
 
 
 LOG_PROB_ONLY = {"with_expected_rank": False, "with_entropy": False, "with_rank": False}
 
 
-def _head_log_prob(head, targets, mask, config) -> jax.Array:
+def head_log_prob(head, targets, mask, config) -> jax.Array:
   """log p_t [..., T] (nats, stop-gradient) of a head output, forward only; 0-id targets off the mask."""
   targets = jnp.where(mask > 0, targets, 0)
   pair = _hidden_and_kernel(head)
@@ -92,6 +98,6 @@ def whole_batch_context(head_fn: Callable[[dict], object], batch: dict, config,
     return BatchContext(num_tokens=global_reduce.global_sum(mask > 0, axis_name))
   if mask.shape[0] == 1:
     return None
-  log_probs = jax.lax.map(lambda micro: _head_log_prob(head_fn(micro), micro["targets"], micro["loss_mask"], config),
+  log_probs = jax.lax.map(lambda micro: head_log_prob(head_fn(micro), micro["targets"], micro["loss_mask"], config),
                           batch)
   return batch_context(log_probs, mask, config, axis_name)

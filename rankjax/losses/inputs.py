@@ -86,3 +86,15 @@ def checked_inputs(inputs, mask, config) -> dict:
                        f"mask have {mask.shape}")
     out[name] = jnp.where(mask > 0, jax.lax.stop_gradient(value), jnp.zeros((), value.dtype))
   return out
+
+
+def check_anchor(anchor, config, what: str) -> None:
+  """Raises ValueError unless an anchor head is given exactly when scheme `config.name` reads an anchor model's KL
+  (`Scheme.anchor_kl`, asft); `what` names the expected form."""
+  scheme = registry.get(config.name)
+  if scheme.anchor_kl and anchor is None:
+    raise ValueError(f"loss: scheme {scheme.name!r} adds the KL to an anchor model and needs {what} (anchor=...): "
+                     "the train step passes its reference model's head")
+  if anchor is not None and not scheme.anchor_kl:
+    raise ValueError(f"loss: scheme {scheme.name!r} reads no anchor model; anchor=... is only for schemes with "
+                     "Scheme.anchor_kl (asft)")

@@ -30,7 +30,15 @@ How to add a scheme (one file, `rankjax/losses/schemes.py`, plus its tests):
      off the mask are zeroed before the weight sees them.
    - `token_loss(log_prob, args)`: a per-token term added to w_t (-log p_t) before the reduction, for
      objectives that are not a reweighted cross-entropy (a KL penalty, a clipped ratio); it may be
-     differentiable in `log_prob` (the only differentiable statistic, in the dense and the fused path alike).
+     differentiable in `log_prob` and in `args.stats.anchor_kl` (the only differentiable statistics, in the dense
+     and the fused path alike).
+   - `anchor`: the second model the scheme reads, which the train step runs forward (no gradient) next to the
+     trained one: "initial" (a frozen copy of the initial weights; under LoRA the base itself, at no extra memory)
+     or "snapshot" (a copy of the trained weights refreshed every `anchor_refresh(config)` optimizer steps and kept
+     in the checkpoint); "" for none. The step feeds it as the input "anchor_log_prob" (its log p_t, if the scheme
+     declares that input) and, with `anchor_kl`, as an anchor head from which the losses stream
+     KL(p_anchor || p) per token into `stats.anchor_kl` (nats; `weighted_loss(..., anchor=logits)`,
+     `linear_weighted_loss(..., anchor=(hidden, kernel))`).
    - `min_vocab` / `min_vocab_reason`: the smallest vocabulary its weight is defined at.
 3. Test it against a float64 NumPy reference (tests/numpy_reference.py) and fused == dense; the scheme is then
    a method of `rankjax.train.methods` and a `--config.loss.name` value.
@@ -101,6 +109,9 @@ class Scheme:
   batch_aux: Mapping[str, Callable[[Any], jax.Array]] = dataclasses.field(default_factory=dict)
   inputs: tuple[str, ...] = ()
   token_loss: Callable[[jax.Array, WeightArgs], jax.Array] | None = None
+  anchor: str = ""
+  anchor_kl: bool = False
+  anchor_refresh: Callable[[Any], int] | None = None
   min_vocab: int = 1
   min_vocab_reason: str = ""
 
@@ -108,6 +119,10 @@ class Scheme:
     """The statistics this scheme's weights read under `config`."""
     return self.needs(config) if callable(self.needs) else self.needs
 
+
+# The anchor models a scheme may read (`Scheme.anchor`) and the per-token input holding an anchor's log p_t.
+ANCHORS = ("", "initial", "snapshot")
+ANCHOR_LOG_PROB = "anchor_log_prob"
 
 _TABLE: dict[str, Scheme] = {}
 _BUILTIN: set[str] = set()
@@ -140,6 +155,13 @@ def register(scheme: Scheme, builtin: bool = False) -> Scheme:
     raise ValueError(f"loss schemes: name {scheme.name!r} must be a non-empty identifier")
   if scheme.name in _TABLE:
     raise ValueError(f"loss schemes: {scheme.name!r} is already registered")
+  if scheme.anchor not in ANCHORS:
+    raise ValueError(f"loss schemes: {scheme.name!r} has anchor={scheme.anchor!r}, not one of {ANCHORS}")
+  if (scheme.anchor_kl or ANCHOR_LOG_PROB in scheme.inputs) and not scheme.anchor:
+    raise ValueError(f"loss schemes: {scheme.name!r} reads an anchor model (anchor_kl or the input "
+                     f"{ANCHOR_LOG_PROB!r}) but declares anchor=''")
+  if (scheme.anchor == "snapshot") != (scheme.anchor_refresh is not None):
+    raise ValueError(f"loss schemes: {scheme.name!r}: anchor_refresh is given exactly for anchor='snapshot'")
   for other in _TABLE.values():
     shared = sorted(set(scheme.fields) & set(other.fields))
     if shared:

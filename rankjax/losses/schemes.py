@@ -80,6 +80,31 @@ def _ranktuner_validate(config):
                      "must stay finite in float32)")
 
 
+def _asft_term(log_prob, args: WeightArgs):
+  del log_prob
+  return float(args.config.asft_beta) * args.stats.anchor_kl
+
+
+def _asft_validate(config):
+  if not 0.0 <= float(config.asft_beta) <= 1e4:
+    raise ConfigError(f"loss config: asft_beta={config.asft_beta} must lie in [0, 1e4] (0: DFT)")
+
+
+def _psft_weight(args: WeightArgs):
+  # r_t = p_t / p_old,t. The gradient of -min(r A, clip(r, 1 - eps, 1 + eps) A) with A = 1 is -r grad log p where
+  # r <= 1 + eps and 0 above (A > 0: the lower clip never binds), i.e. the gradient of sg(r 1[r <= 1 + eps]) (-log p).
+  ratio = jnp.exp(args.stats.log_prob - args.inputs["anchor_log_prob"])
+  return jnp.where(ratio <= 1.0 + float(args.config.psft_epsilon), ratio, 0.0)
+
+
+def _psft_validate(config):
+  if not 0.0 < float(config.psft_epsilon) <= 10.0:
+    raise ConfigError(f"loss config: psft_epsilon={config.psft_epsilon} must lie in (0, 10]")
+  if int(config.psft_refresh_steps) < 1 or int(config.psft_refresh_steps) != float(config.psft_refresh_steps):
+    raise ConfigError(f"loss config: psft_refresh_steps={config.psft_refresh_steps} must be an integer >= 1 "
+                      "(1: the old policy is the current one, which is SFT)")
+
+
 BUILTIN = (
     Scheme(name="sft", weight=_sft_weight),
     Scheme(name="dft", weight=_dft_weight),
@@ -103,6 +128,17 @@ BUILTIN = (
     # (1 - p_t^k) / k; its abstract names -p (k = 1) and -p^10 as the objectives that beat NLL on strong bases.
     Scheme(name="prob_power", weight=_prob_power_weight, validate=_prob_power_validate,
            fields={"prob_power_k": 10.0}),  # the exponent k >= 0 (0: SFT; 1: DFT)
+    # Anchored SFT (ASFT, arXiv 2509.23753): DFT's weight sg(p_t) plus beta KL(p_ref || p) per token, p_ref the
+    # initial model's distribution (the direction and the 0.1 default of the authors' code, zhuchichi56/ASFT).
+    Scheme(name="asft", weight=_dft_weight, token_loss=_asft_term, validate=_asft_validate, anchor="initial",
+           anchor_kl=True,
+           fields={"asft_beta": 0.1}),  # beta, the KL's coefficient (nats of KL per nat of weighted NLL; 0: DFT)
+    # Proximal SFT (PSFT, arXiv 2508.17784): PPO's clipped surrogate with advantage 1 against an old-policy snapshot,
+    # trained through its gradient-equivalent weight sg(r_t 1[r_t <= 1 + eps]) on -log p_t.
+    Scheme(name="psft", weight=_psft_weight, validate=_psft_validate, inputs=("anchor_log_prob",),
+           anchor="snapshot", anchor_refresh=lambda config: int(config.psft_refresh_steps),
+           fields={"psft_epsilon": 0.2,  # the clip range eps of r_t = p_t / p_old,t (PPO's usual 0.2; a choice)
+                   "psft_refresh_steps": 4}),  # optimizer steps between old-policy refreshes (a choice; 1: SFT)
 )
 
 for _scheme in BUILTIN:

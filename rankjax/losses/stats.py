@@ -27,6 +27,9 @@ class TokenStats:
                  None when not requested.
   expected_rank_lo, expected_rank_hi: a certified interval around E[R_t] (equal to it when
                  exact; the histogram method's bounds otherwise); None when not requested.
+  anchor_kl:     KL(p_anchor || p) = sum_i p_anchor,i (log p_anchor,i - log p_i) at the position, in nats, with
+                 p_anchor an anchor model's distribution (ASFT's reference); differentiable w.r.t. the logits
+                 (the anchor is constant); None without an anchor.
   """
 
   log_prob: jax.Array
@@ -36,13 +39,14 @@ class TokenStats:
   expected_rank_lo: jax.Array | None = None
   expected_rank_hi: jax.Array | None = None
   log_prob_max: jax.Array | None = None
+  anchor_kl: jax.Array | None = None
 
   def __getitem__(self, key):
     return getattr(self, key)
 
   def keys(self):
     return [k for k in ("log_prob", "entropy_bits", "rank", "expected_rank", "expected_rank_lo", "expected_rank_hi",
-                        "log_prob_max") if self[k] is not None]
+                        "log_prob_max", "anchor_kl") if self[k] is not None]
 
 
 def check_logits_shape(logits, targets, where: str = "token_stats") -> None:
@@ -78,15 +82,33 @@ def _logsumexp_given_value_jvp(primals, tangents):
   return lse, jnp.sum(jnp.exp(z - lse[..., None]) * dz, axis=-1)
 
 
+def anchor_kl_nats(z: jax.Array, lse: jax.Array, anchor_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(KL(p_anchor || softmax(z)) [...] in nats, the anchor's log-normaliser [...] in nats) per row of `z` [..., V],
+  whose log-normaliser is `lse` [...]; `anchor_logits` [..., V] are constant (stop-gradient).
+
+  KL = sum_i p_anchor,i (z_anchor,i - z_i) - lse_anchor + lse: with `lse` differentiable as logsumexp(z), its
+  derivative w.r.t. z is softmax(z) - p_anchor. Anchor probabilities that underflow to 0 add 0 (0 log 0 = 0).
+  """
+  za = jax.lax.stop_gradient(anchor_logits).astype(jnp.float32)
+  za_max = jnp.max(za, axis=-1)
+  shift = jnp.where(jnp.isfinite(za_max), za_max, 0.0)
+  ea = jnp.exp(za - shift[..., None])
+  sum_a = jnp.sum(ea, axis=-1)
+  lse_a = shift + jnp.log(sum_a)
+  pa = ea / sum_a[..., None]
+  cross = jnp.sum(jnp.where(pa > 0, pa * (za - z), 0.0), axis=-1)
+  return cross - lse_a + lse, lse_a
+
+
 def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool = True, expected_rank: str = "sort",
                 bin_width: float = 0.01, range_nats: float = 40.0, return_lse: bool = False,
-                with_entropy: bool = True, with_rank: bool = True) -> TokenStats:
+                with_entropy: bool = True, with_rank: bool = True, anchor_logits: jax.Array | None = None) -> TokenStats:
   """Computes `TokenStats` of `logits` [..., T, V] against aligned `targets` [..., T].
 
   `expected_rank`: "sort" (exact) or "histogram" (O(V), certified interval; `bin_width` and
   `range_nats` in nats, see `rankjax.losses.expected_rank`). `with_entropy`, `with_rank`,
   `with_expected_rank`: whether to compute H_t, R_t, E[R_t] (None otherwise); log p_t and log p_max
-  always. With `return_lse`, returns (stats, log-normaliser [..., T] in nats, stop-gradient).
+  always. `anchor_logits` [..., T, V] (constant): also KL(p_anchor || p) (`anchor_kl`, nats). With `return_lse`, returns (stats, log-normaliser [..., T] in nats, stop-gradient).
 
   Passes over each row's V logits: the max; the sum of e = exp(z - max), which also gives log p_max =
   -log sum(e) for free; with_entropy: sum e (z - max) (H = log sum e - sum e (z - max) / sum e, no second
@@ -94,7 +116,7 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
   gather.
 
   Position t scores targets[t] (no shifting). Reductions run in float32 whatever the
-  logits' dtype. Only `log_prob` carries a gradient; the other statistics are
+  logits' dtype. Only `log_prob` and `anchor_kl` carry a gradient; the other statistics are
   stop-gradient. A target id outside [0, V) gives log_prob NaN, so any loss built on it is
   NaN; it never wraps around (-1 is not V - 1), so the gradient has no target term there and
   the fused path's backward pass agrees. Eager callers can name the bad id with
@@ -132,8 +154,14 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
     e_rank, lo, hi = er.expected_rank_from_counts(counts, -log_sum, bin_width)
   elif with_expected_rank:
     raise ValueError(f"token_stats: expected_rank={expected_rank!r} is not 'sort' or 'histogram'")
+  anchor_kl = None
+  if anchor_logits is not None:
+    anchor_logits = jnp.asarray(anchor_logits)
+    if anchor_logits.shape != logits.shape:
+      raise ValueError(f"token_stats: anchor logits {anchor_logits.shape} must be shaped like the logits {logits.shape}")
+    anchor_kl = anchor_kl_nats(z, lse, anchor_logits)[0]
   stats = TokenStats(log_prob=log_prob, entropy_bits=entropy_bits, rank=rank, expected_rank=e_rank,
-                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=-log_sum)
+                     expected_rank_lo=lo, expected_rank_hi=hi, log_prob_max=-log_sum, anchor_kl=anchor_kl)
   return (stats, lse_s) if return_lse else stats
 
 

@@ -12,33 +12,38 @@ import jax
 import jax.numpy as jnp
 
 from rankjax.losses.config import stats_options, topk_k
-from rankjax.losses.inputs import check_vocab_size, checked_inputs, checked_targets
+from rankjax.losses.inputs import check_anchor, check_vocab_size, checked_inputs, checked_targets
 from rankjax.losses.reduction import BatchContext, Weighted, masked_weights, reduce_loss
 from rankjax.losses.stats import TokenStats, check_logits_shape, padded_stats, token_stats
 from rankjax.losses.weights import topk_entropy_nats
 
 
-def diagnosed_token_stats(logits, targets, config, diagnose=None) -> TokenStats:
+def diagnosed_token_stats(logits, targets, config, diagnose=None, anchor_logits=None) -> TokenStats:
   """`token_stats` of what `config` asks for (`stats_options`); with a traced bool `diagnose`, the
-  diagnostics-only statistics are computed where it is true and hold neutral values otherwise (`lax.cond`)."""
+  diagnostics-only statistics are computed where it is true and hold neutral values otherwise (`lax.cond`).
+  `anchor_logits`: an anchor model's logits, whose KL the stats then carry (`TokenStats.anchor_kl`)."""
   full, lean = stats_options(config), stats_options(config, diagnostics=False)
   if diagnose is None or full == lean:
-    return token_stats(logits, targets, **full)
-  return jax.lax.cond(diagnose, lambda z: token_stats(z, targets, **full),
-                      lambda z: padded_stats(token_stats(z, targets, **lean), full), logits)
+    return token_stats(logits, targets, anchor_logits=anchor_logits, **full)
+  return jax.lax.cond(diagnose, lambda z: token_stats(z, targets, anchor_logits=anchor_logits, **full),
+                      lambda z: padded_stats(token_stats(z, targets, anchor_logits=anchor_logits, **lean), full),
+                      logits)
 
 
 def _stats_and_weights(logits, targets, mask, config, axis_name, context, diagnose=None,
-                       inputs=None) -> tuple[TokenStats, Weighted]:
+                       inputs=None, anchor=None) -> tuple[TokenStats, Weighted]:
   logits = jnp.asarray(logits)
   targets, mask = checked_targets(targets, mask, logits.shape[-1], config)
   check_logits_shape(logits, targets, "weighted_loss")
   check_vocab_size(config, logits.shape[-1], f"logits {logits.shape}")
   inputs = checked_inputs(inputs, mask, config)
+  check_anchor(anchor, config, f"the anchor model's logits, shaped like {logits.shape}")
   # Rows off the mask become 0 through a select, not a product: NaN or inf there would
   # otherwise reach the gradient as 0 * NaN.
   logits = jnp.where(mask[..., None] > 0, logits, jnp.zeros((), logits.dtype))
-  stats = diagnosed_token_stats(logits, targets, config, diagnose)
+  if anchor is not None:
+    anchor = jnp.where(mask[..., None] > 0, jax.lax.stop_gradient(jnp.asarray(anchor)), 0.0)
+  stats = diagnosed_token_stats(logits, targets, config, diagnose, anchor)
   k = topk_k(config)
   topk_entropy = topk_entropy_nats(logits, k) if k else None
   weighted = masked_weights(stats, topk_entropy, mask, config, logits.shape[-1], axis_name, context, inputs)
@@ -46,18 +51,19 @@ def _stats_and_weights(logits, targets, mask, config, axis_name, context, diagno
 
 
 def token_weights(logits: jax.Array, targets: jax.Array, mask: jax.Array, config, axis_name=None,
-                  context: BatchContext | None = None, inputs: dict | None = None) -> jax.Array:
+                  context: BatchContext | None = None, inputs: dict | None = None, anchor=None) -> jax.Array:
   """Stop-gradient weights w_t of `config.name`, float32 [..., T], 0 where `mask` is 0.
 
-  `logits` [..., T, V] score aligned `targets` [..., T]; `axis_name`, `context` and `inputs` as in
+  `logits` [..., T, V] score aligned `targets` [..., T]; `axis_name`, `context`, `inputs` and `anchor` as in
   `weighted_loss`.
   """
-  return _stats_and_weights(logits, targets, mask, config, axis_name, context, inputs=inputs)[1].weights
+  return _stats_and_weights(logits, targets, mask, config, axis_name, context, inputs=inputs,
+                            anchor=anchor)[1].weights
 
 
 def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config, axis_name=None,
                   context: BatchContext | None = None, diagnose=None,
-                  inputs: dict | None = None) -> tuple[jax.Array, dict]:
+                  inputs: dict | None = None, anchor=None) -> tuple[jax.Array, dict]:
   """Weighted cross-entropy L = sum(m w nll) / sum(m) over the global batch, in nats per token.
 
   Args:
@@ -73,8 +79,10 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
       the diagnostics-only statistics (`config.diagnostics`) and the histograms are not computed (the
       training loop sets it on log and dump steps only); the loss, its gradient and the weights are the
       same either way, the diagnostics-only aux values are then not meaningful and histograms are zeros.
-    inputs: the extra per-token inputs [..., T] of schemes that declare some (`Scheme.inputs`, e.g. a
-      reference model's log p_t), by name; None for the others.
+    inputs: the extra per-token inputs [..., T] of schemes that declare some (`Scheme.inputs`, e.g. psft's
+      old-policy log p_t), by name; None for the others.
+    anchor: an anchor model's logits [..., T, V] (constant) for schemes that add its KL (`Scheme.anchor_kl`,
+      asft: KL(p_anchor || p) per token, nats); None for the others.
 
   Returns:
     (loss, aux). `loss` is the global loss on every device, 0 when no token is supervised (a scheme with
@@ -90,6 +98,6 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
     "dump/target" and "dump/mask", arrays [config.dump_sequences, T] of the first rows.
   """
   targets, mask = jnp.asarray(targets), jnp.asarray(mask)
-  stats, weighted = _stats_and_weights(logits, targets, mask, config, axis_name, context, diagnose, inputs)
+  stats, weighted = _stats_and_weights(logits, targets, mask, config, axis_name, context, diagnose, inputs, anchor)
   return reduce_loss(stats, weighted.weights, mask, config, axis_name, weighted.context,
                      targets=jnp.where(mask > 0, targets, 0), diagnose=diagnose, token_loss=weighted.token_loss)

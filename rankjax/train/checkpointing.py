@@ -22,11 +22,13 @@ from rankjax.rundir.progress import committed_steps  # noqa: F401 (re-exported: 
 
 
 DATA_ITEM = "data_iter"
+ANCHOR_ITEM = "anchor_params"  # psft's old-policy snapshot (`RunState.anchor_params`), in its runs' checkpoints only
 
 
 def make_manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.CheckpointManager:
   """A CheckpointManager over WORKDIR/checkpoints that keeps the last `keep` steps; checkpoints hold
-  params, optimizer state, meta and the Grain data iterator's state (one JSON per process).
+  params, optimizer state, meta, the Grain data iterator's state (one JSON per process) and, for psft, the
+  old-policy snapshot.
 
   With `async_writes`, `save` returns once the arrays are copied to host memory and the data iterator's state
   is written; the files are written in a background thread while training goes on. Temporary directories
@@ -34,7 +36,7 @@ def make_manager(workdir: str, keep: int = 3, async_writes: bool = True) -> ocp.
   """
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
                                          enable_async_checkpointing=async_writes)
-  names = ("params", "opt_state", "meta", DATA_ITEM)
+  names = ("params", "opt_state", "meta", DATA_ITEM, ANCHOR_ITEM)
   handlers = {DATA_ITEM: grain.checkpoint.CheckpointHandler()}
   return ocp.CheckpointManager(os.path.abspath(layout.checkpoints_dir(workdir)), options=options,
                                item_names=names, item_handlers=handlers)
@@ -75,6 +77,8 @@ def save(manager: ocp.CheckpointManager, state, extra_meta: dict | None = None, 
   meta = {"step": step, **(extra_meta or {})}
   items = dict(params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
                meta=ocp.args.JsonSave(meta))
+  if getattr(state, "anchor_params", None) is not None:  # psft's old-policy snapshot: needed for an exact resume
+    items[ANCHOR_ITEM] = ocp.args.StandardSave(state.anchor_params)
   if data_iterator is not None:
     items[DATA_ITEM] = grain.checkpoint.CheckpointSave(data_iterator)
   try:
@@ -131,9 +135,19 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
       raise RuntimeError(f"checkpoint at {step_dir} has no data iterator state, so the data position cannot be "
                          "resumed exactly (was it written by a run on another data source?)")
     items[DATA_ITEM] = grain.checkpoint.CheckpointRestore(data_iterator)
+  snapshot = getattr(state, "anchor_params", None)
+  if snapshot is not None:
+    step_dir = os.path.join(str(manager.directory), str(step))
+    if not os.path.isdir(os.path.join(step_dir, ANCHOR_ITEM)):
+      raise RuntimeError(f"checkpoint at {step_dir} holds no old-policy snapshot ({ANCHOR_ITEM}/), which this run's "
+                         "loss (psft) needs to resume exactly: it was written by a run with another loss.name; resume "
+                         "it with that loss, or use a new workdir")
+    items[ANCHOR_ITEM] = ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, snapshot))
   out = _restore(manager, step, **items)
   state = state.replace(step=jax.numpy.asarray(out["meta"]["step"], jax.numpy.int32), params=out["params"],
                         opt_state=out["opt_state"])
+  if snapshot is not None:
+    state = state.replace(anchor_params=out[ANCHOR_ITEM])
   return state, dict(out["meta"])
 
 

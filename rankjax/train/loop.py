@@ -138,6 +138,21 @@ def check_lora_base(meta: dict, current: dict, workdir: str) -> None:
                      "with the original init_from, or use a new workdir.")
 
 
+def check_anchor(meta: dict, current: dict, workdir: str) -> None:
+  """Raises ValueError when the checkpoint in `workdir` (its `meta`) was trained against another anchor (asft's
+  initial parameters) than the one loaded now (`current`: {"init_from", "fingerprint"})."""
+  saved = meta.get("anchor")
+  if saved is None:
+    raise ValueError(f"{workdir}: its checkpoint (step {meta.get('step')}) holds no anchor fingerprint, so it was not "
+                     "written by an asft run: resume it with its own loss.name, or use a new workdir")
+  differ = lora.fingerprint_differences(saved["fingerprint"], current["fingerprint"])
+  if differ:
+    raise ValueError(f"{workdir}: its asft run (step {meta.get('step')}) anchored on init_from={saved['init_from']!r}, "
+                     f"and the initial parameters loaded now (init_from={current['init_from']!r}) differ in "
+                     f"{len(differ)} of {len(current['fingerprint'])} tensors, e.g. {differ[0]}. Resume with the "
+                     "original init_from, or use a new workdir.")
+
+
 def export(config, workdir: str, model, params, frozen, init: models.InitFrom, tokenizer) -> None:
   """WORKDIR/hf: the trained model as an HF checkpoint (with LoRA: the base with the adapters merged in, in the
   base's dtype) and its tokenizer files; with LoRA also WORKDIR/peft_adapter, the adapters as a PEFT adapter."""
@@ -185,15 +200,24 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   lead = is_lead_process()
   mesh = make_run_mesh(config)
   state = create_state(config, model, mesh, init)
-  state_shardings = train_state_layout.state_shardings(model, state.tx, mesh)
+  state_shardings = train_state_layout.state_shardings(model, state.tx, mesh, train_state_layout.has_snapshot(config))
   frozen, fingerprint = (train_state_layout.load_frozen(config, model, mesh, init) if model.lora is not None
                          else (None, None))
-  extra_meta = None if frozen is None else {"lora_base": {"init_from": config.init_from, "fingerprint": fingerprint}}
+  extra_meta = {} if frozen is None else {"lora_base": {"init_from": config.init_from, "fingerprint": fingerprint}}
+  # asft without LoRA: the initial parameters, a second frozen copy next to the trained ones (re-read on resume and
+  # checked against the fingerprint the checkpoint holds).
+  anchor = None
+  if train_state_layout.needs_initial_anchor(config, model):
+    anchor = train_state_layout.load_base(config, model, mesh, init)
+    extra_meta["anchor"] = {"init_from": config.init_from, "fingerprint": lora.fingerprint(anchor)}
+  extra_meta = extra_meta or None
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)
   checkpointing.check_writable(manager)
   state, meta = checkpointing.restore_latest(manager, state, data.iterator)
   if frozen is not None and meta is not None:
     check_lora_base(meta, extra_meta["lora_base"], workdir)
+  if anchor is not None and meta is not None:
+    check_anchor(meta, extra_meta["anchor"], workdir)
   state = jax.device_put(state, state_shardings)
   start = int(state.step)
   if start >= config.total_steps:
@@ -230,7 +254,8 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
       log = done % config.log_every == 0 or done == config.total_steps or evaluate
       dump_due = bool(dump_every) and done % dump_every == 0
       # Diagnostics and histograms only on the steps whose metrics are read.
-      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done), np.bool_(log or dump_due), frozen)
+      state, metrics, first_bad = step_fn(state, batch, first_bad, np.int32(done), np.bool_(log or dump_due), frozen,
+                                        anchor)
       tokens_since += int(np.prod(batch["inputs"].shape))
       save = done % config.checkpoint_every == 0 or done == config.total_steps
       stop = watch.should_stop(done)

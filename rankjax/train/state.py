@@ -14,7 +14,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rankjax import models
 from rankjax.models import lora, quantized
 from rankjax.train.optimizer import learning_rate_schedule, make_optimizer
-from rankjax.train.train_step import make_train_step
+from rankjax.losses import registry as loss_registry
+from rankjax.train.train_step import RunState, make_train_step
 
 
 # The dtypes of the batch arrays `rankjax.data.pipeline` yields (checked against a real batch in tests/test_plan.py).
@@ -32,29 +33,44 @@ def trainable(model, tree):
   return lora.split(tree)[1] if model.lora is not None else tree
 
 
-def state_shardings(model, tx: optax.GradientTransformation, mesh: Mesh) -> train_state.TrainState:
+def has_snapshot(config) -> bool:
+  """Whether config.loss's scheme keeps an old-policy snapshot in the state (`Scheme.anchor == "snapshot"`, psft)."""
+  return loss_registry.get(config.loss.name).anchor == "snapshot"
+
+
+def needs_initial_anchor(config, model) -> bool:
+  """Whether the step takes the initial parameters as its anchor (`Scheme.anchor == "initial"`, asft, without
+  LoRA: a LoRA run anchors on its frozen base)."""
+  return loss_registry.get(config.loss.name).anchor == "initial" and model.lora is None
+
+
+def state_shardings(model, tx: optax.GradientTransformation, mesh: Mesh,
+                    snapshot: bool = False) -> train_state.TrainState:
   """A TrainState whose leaves are the NamedShardings of the run's state on `mesh` (with LoRA: the adapters only).
 
   Parameters: logical axes -> mesh axes by `models.DEFAULT_RULES`. Optimizer state: every copy of the parameter tree
   in it (Adam's moments) takes the parameters' shardings (`optax.tree_map_params`); the rest (step counters) is
-  replicated. The step counter is replicated.
+  replicated. The step counter is replicated. `snapshot`: the state holds an old-policy copy of the params
+  (`RunState.anchor_params`, psft), sharded like them.
   """
   replicated = NamedSharding(mesh, P())
   params = trainable(model, models.model_shardings(model, mesh))
   opt_shapes = jax.eval_shape(tx.init, trainable(model, models.abstract_params(model)[1]))
   opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding, opt_shapes, params,
                                     transform_non_params=lambda _: replicated)
-  return train_state.TrainState(step=replicated, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
+  return RunState(step=replicated, apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state,
+                  anchor_params=params if snapshot else None)
 
 
 def abstract_state(config, model, mesh: Mesh) -> train_state.TrainState:
   """The state `create_state` would make on `mesh`, as `jax.ShapeDtypeStruct`s carrying their shardings (nothing is
   allocated, no weight is read)."""
   tx = run_optimizer(config)
-  shardings = state_shardings(model, tx, mesh)
+  snapshot = has_snapshot(config)
+  shardings = state_shardings(model, tx, mesh, snapshot)
   params = trainable(model, models.abstract_params(model)[1])
-  shapes = train_state.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), apply_fn=model.apply, params=params,
-                                  tx=tx, opt_state=jax.eval_shape(tx.init, params))
+  shapes = RunState(step=jax.ShapeDtypeStruct((), jnp.int32), apply_fn=model.apply, params=params,
+                    tx=tx, opt_state=jax.eval_shape(tx.init, params), anchor_params=params if snapshot else None)
   return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes, shardings)
 
 
@@ -125,7 +141,8 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   LoRA (`model.lora`) the params are the adapters alone (A random from config.seed, B zero); the frozen base is
   `load_base`'s."""
   tx = run_optimizer(config)
-  shardings = state_shardings(model, tx, mesh)
+  snapshot = has_snapshot(config)
+  shardings = state_shardings(model, tx, mesh, snapshot)
   if model.lora is not None:  # XLA drops the base's random initialisation: only the adapters are computed
     make = jax.jit(lambda rng: lora.split(models.init_params(model, rng, config.data.seq_len))[1],
                    out_shardings=shardings.params)
@@ -133,8 +150,10 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   else:
     params = load_base(config, model, mesh, init)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  return train_state.TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step),
-                                apply_fn=model.apply, params=params, tx=tx, opt_state=opt_state)
+  # A copy, not the same buffers: the step donates the state, and one buffer cannot be donated twice.
+  anchor = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(params) if snapshot else None
+  return RunState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), apply_fn=model.apply, params=params,
+                  tx=tx, opt_state=opt_state, anchor_params=anchor)
 
 
 def batch_sharding(mesh: Mesh, micro_batch: int, process_count: int | None = None,
@@ -160,20 +179,21 @@ def batch_sharding(mesh: Mesh, micro_batch: int, process_count: int | None = Non
 
 def watch_nonfinite(step_fn):
   """step_fn with a device-side record of the first refused step, so the loop need not read every step's
-  `nonfinite` on the host: (state, batch, first_bad, done, diagnose) -> (state, metrics, first_bad); first_bad is
-  the optimizer step (1-based) of the first non-finite step, or 0; `diagnose` and `frozen` as in
-  `make_train_step`."""
-  def step(state, batch, first_bad, done, diagnose=None, frozen=None):
-    state, metrics = step_fn(state, batch, diagnose, frozen)
+  `nonfinite` on the host: (state, batch, first_bad, done, diagnose, frozen, anchor) -> (state, metrics, first_bad);
+  first_bad is the optimizer step (1-based) of the first non-finite step, or 0; `diagnose`, `frozen` and `anchor` as
+  in `make_train_step`."""
+  def step(state, batch, first_bad, done, diagnose=None, frozen=None, anchor=None):
+    state, metrics = step_fn(state, batch, diagnose, frozen, anchor)
     first_bad = jnp.where((first_bad == 0) & (metrics["nonfinite"] > 0), done, first_bad)
     return state, metrics, first_bad
   return step
 
 
 def jit_train_step(config, model, shardings: train_state.TrainState, mesh: Mesh):
-  """The run's jitted step (state, batch, first_bad, done, diagnose, frozen) -> (state, metrics, first_bad): the
-  state is donated and comes back in `shardings`; metrics and first_bad are replicated; `frozen` is the base of a
-  LoRA model (None without LoRA)."""
+  """The run's jitted step (state, batch, first_bad, done, diagnose, frozen, anchor) -> (state, metrics, first_bad):
+  the state is donated and comes back in `shardings`; metrics and first_bad are replicated; `frozen` is the base of a
+  LoRA model (None without LoRA); `anchor` the initial parameters of an asft run without LoRA (`load_base`), else
+  None."""
   replicated = NamedSharding(mesh, P())
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   step = make_train_step(model, config.loss, schedule, mesh, dropout_seed=int(config.seed))

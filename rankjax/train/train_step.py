@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
 from rankjax import losses
+from rankjax.losses import registry as loss_registry
 from rankjax.losses import token_histograms
 from rankjax.models import lora, quantized
 from rankjax.models import params as model_params
 from rankjax.models.sharding import BATCH_AXES, activation_sharding
 
 BATCH_KEYS = ("inputs", "targets", "loss_mask", "segment_ids", "positions")
+
+
+class RunState(train_state.TrainState):
+  """flax's TrainState plus `anchor_params`: the old-policy snapshot of a scheme with `anchor="snapshot"` (psft),
+  shaped and sharded like `params` and checkpointed with them; None for every other scheme (the state's pytree is
+  then flax's own, so checkpoints of either read the same)."""
+
+  anchor_params: Any = struct.field(pytree_node=True, default=None)
 
 
 def model_logits(model, params, micro: dict, return_hidden: bool = False, dropout_key=None):
@@ -44,7 +56,7 @@ def _local_loss_axes(mesh, loss_config, fused: bool, micro_batch: int):
 
 
 def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dropout_seed: int = 0):
-  """Returns step(state, batch, diagnose=None, frozen=None) -> (state, metrics).
+  """Returns step(state, batch, diagnose=None, frozen=None, anchor=None) -> (state, metrics).
 
   With LoRA (`model.lora`), `state.params` holds the adapters alone and `frozen` the base parameters: only the
   adapters are differentiated (the base's gradient is never formed) and updated. LoRA dropout draws its masks
@@ -67,6 +79,12 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
   meaningful; the update is the same. The loop sets it on steps whose metrics it reads (log and dump steps).
   None computes everything on every step.
 
+  Schemes that read an anchor model (`Scheme.anchor`) get its head from a forward pass per micro-step, without
+  gradient or dropout: "initial" (asft) reads `anchor`, the initial parameters (full fine-tuning; a LoRA run's anchor
+  is its base, `frozen`, and `anchor` stays None); "snapshot" (psft) reads `state.anchor_params` (a `RunState`;
+  adapters only under LoRA), which the step replaces by the updated params after every `Scheme.anchor_refresh`-th
+  optimizer step.
+
   `mesh`: the step's activations are constrained to it (`models.sharding.activation_sharding`: rows over the
   batch axes) and each micro-step's gradient to the parameters' shardings (FSDP: a reduce-scatter per micro-step,
   where XLA left alone all-reduced whole gradients); None leaves their sharding to XLA.
@@ -78,6 +96,8 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
     grad_shardings = lora.split(grad_shardings)[1]
   dropout = model.lora is not None and model.lora.dropout > 0
   kernel_grad = model.lora is None  # the LM head never takes adapters: frozen under LoRA
+  scheme = loss_registry.get(loss_config.name)
+  anchor_every = scheme.anchor_refresh(loss_config) if scheme.anchor == "snapshot" else 0
 
   def like_params(grads):
     if grad_shardings is None:
@@ -88,39 +108,77 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
     full = params if frozen is None else lora.combine(frozen, params)
     return model_logits(model, full, micro, return_hidden, dropout_key)
 
-  def loss_of_head(head_out, micro, context, diagnose):
+  def anchor_parts(anchor_out, micro) -> tuple[dict | None, Any]:
+    """(the scheme's anchor inputs, its anchor head for the KL) from the anchor model's head output."""
+    if anchor_out is None:
+      return None, None
+    inputs = None
+    if loss_registry.ANCHOR_LOG_PROB in scheme.inputs:
+      inputs = {loss_registry.ANCHOR_LOG_PROB: losses.head_log_prob(anchor_out, micro["targets"], micro["loss_mask"],
+                                                                    loss_config)}
+    return inputs, (anchor_out if scheme.anchor_kl else None)
+
+  def loss_of_head(head_out, micro, context, diagnose, anchor_out=None):
     axes = _local_loss_axes(mesh, loss_config, return_hidden, micro["targets"].shape[0])
+    inputs, anchor_head = anchor_parts(anchor_out, micro)
     if axes is None:
       return losses.head_loss(head_out, micro["targets"], micro["loss_mask"], loss_config, context=context,
-                              diagnose=diagnose, kernel_grad=kernel_grad)
+                              diagnose=diagnose, kernel_grad=kernel_grad, inputs=inputs, anchor=anchor_head)
 
-    def local(hidden, kernel, targets, mask, context, diagnose):
+    def local(hidden, kernel, targets, mask, context, diagnose, inputs, anchor_head):
       loss, aux = losses.head_loss((hidden, kernel), targets, mask, loss_config, context=context, diagnose=diagnose,
-                                   axis_name=axes, kernel_grad=kernel_grad)
+                                   axis_name=axes, kernel_grad=kernel_grad, inputs=inputs, anchor=anchor_head)
       # `loss` is the global-batch loss in value and this device's share in gradient (`reduction.reduce_loss`):
       # psum makes it replicated with the right gradient, but ways x the value, so the logged loss is aux's own
       # (the same global value on every device; pmean only marks it replicated). The other aux are global.
       aux = dict(aux, loss=jax.lax.pmean(aux["loss"], axes)) if "loss" in aux else aux
       return jax.lax.psum(loss, axes), aux
     rows = P(axes)
-    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P()), out_specs=P())(
-        *head_out, micro["targets"], micro["loss_mask"], context, diagnose)
+    inputs_spec = None if inputs is None else {k: rows for k in inputs}
+    anchor_spec = None if anchor_head is None else (rows, P())
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P(), inputs_spec, anchor_spec),
+                         out_specs=P())(*head_out, micro["targets"], micro["loss_mask"], context, diagnose, inputs,
+                                        anchor_head)
 
-  def step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None):
+  def anchor_params_of(state, frozen, anchor):
+    """The anchor model's parameters in `head`'s form (adapters alone under LoRA), or None without an anchor."""
+    if scheme.anchor == "snapshot":
+      if getattr(state, "anchor_params", None) is None:
+        raise ValueError(f"train step: scheme {scheme.name!r} needs its old-policy snapshot in the state "
+                         "(a RunState with anchor_params; rankjax.train.state.create_state makes it)")
+      return state.anchor_params
+    if scheme.anchor == "initial":
+      if model.lora is not None:  # B = 0 adapters: exactly the base
+        return jax.tree.map(jnp.zeros_like, state.params)
+      if anchor is None:
+        raise ValueError(f"train step: scheme {scheme.name!r} needs the initial parameters (anchor=...)")
+      return anchor
+    return None
+
+  def step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None, anchor=None):
     if (frozen is None) != (model.lora is None):
       raise ValueError("train step: a LoRA model needs its frozen base parameters (frozen=...), and only a LoRA "
                        "model takes them")
+    if anchor is not None and not (scheme.anchor == "initial" and model.lora is None):
+      raise ValueError(f"train step: anchor=... is the initial parameters of a full fine-tuning run of a scheme with "
+                       f"anchor='initial' (asft); scheme {scheme.name!r}"
+                       f"{' under LoRA anchors on its base' if model.lora is not None else ' reads none'}")
     with activation_sharding(mesh):
-      return _step(state, batch, diagnose, frozen)
+      return _step(state, batch, diagnose, frozen, anchor)
 
-  def _step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None):
+  def _step(state: train_state.TrainState, batch: dict, diagnose=None, frozen=None, anchor=None):
     def dropout_key(index):
       if not dropout:
         return None
       return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(dropout_seed), state.step), index)
 
+    anchor_params = anchor_params_of(state, frozen, anchor)
+
     def micro_loss(params, micro, context, index):
-      return loss_of_head(head(params, micro, frozen, dropout_key(index)), micro, context, diagnose)
+      anchor_out = None
+      if anchor_params is not None:
+        anchor_out = jax.lax.stop_gradient(head(anchor_params, micro, frozen))
+      return loss_of_head(head(params, micro, frozen, dropout_key(index)), micro, context, diagnose, anchor_out)
 
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
@@ -156,6 +214,10 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
     has_tokens = jnp.any(batch["loss_mask"] > 0)
     applied = jax.tree.map(lambda new, old: jnp.where(finite & has_tokens, new, old), new_state, state)
     new_state = applied.replace(step=jnp.where(finite, new_state.step, state.step))
+    if anchor_every:  # the old policy becomes the current one after every anchor_every-th optimizer step
+      refresh = (new_state.step != state.step) & (new_state.step % anchor_every == 0)
+      new_state = new_state.replace(anchor_params=jax.tree.map(lambda new, old: jnp.where(refresh, new, old),
+                                                               new_state.params, state.anchor_params))
     metrics = dict(aux, **token_histograms.quantile_metrics(aux), grad_norm=grad_norm, learning_rate=schedule(state.step),
                    nonfinite=1.0 - finite.astype(jnp.float32), empty_batch=1.0 - has_tokens.astype(jnp.float32))
     return new_state, metrics
