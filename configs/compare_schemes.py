@@ -21,7 +21,8 @@ def get_config():
   config.checkpoint_every = 60
   with config.unlocked():
     config.compare = ml_collections.ConfigDict({
-        "methods": "sft,dft,talr,eaft,ranktuner,ranktuner_uniform,ranktuner_bound,ranktuner_bound_uniform",
+        "methods": ("sft,dft,talr,eaft,ranktuner,ranktuner_uniform,ranktuner_bound,ranktuner_bound_uniform,prob_power,"
+                    "asft,psft"),
         "seeds": (0, 1, 2),
         "noise_rate": 0.05,  # noisy condition: a corpus word after each response word with this probability
         "pretrain_steps": 500,

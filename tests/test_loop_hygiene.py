@@ -17,8 +17,8 @@ def test_first_nonfinite_step_is_named_at_the_next_log_step(tmp_path, monkeypatc
   def poisoned(model, loss_config, schedule, mesh=None, **kwargs):
     step = real(model, loss_config, schedule, mesh, **kwargs)
 
-    def wrapped(state, batch, diagnose=None, frozen=None):
-      new_state, metrics = step(state, batch, diagnose, frozen)
+    def wrapped(state, batch, diagnose=None, frozen=None, anchor=None):
+      new_state, metrics = step(state, batch, diagnose, frozen, anchor)
       bad = state.step == 2  # the third optimizer step "diverges": refused, state kept
       metrics = dict(metrics, nonfinite=jnp.where(bad, 1.0, metrics["nonfinite"]))
       return (jax_tree_where(bad, state, new_state)), metrics

@@ -217,3 +217,17 @@ def test_a_missing_or_unexpected_anchor_is_named():
     losses.weighted_loss(h @ w, targets, mask, loss_config(name="psft"))
   with pytest.raises(ValueError, match=r"anchor's hidden \(2, 9, 8\) and kernel \(8, 36\)"):
     losses.linear_weighted_loss(h, w, targets, mask, loss_config(name="asft"), anchor=(h_a, w_a[:, :-1]))
+
+
+def test_one_model_is_its_own_anchor_when_inspected():
+  """`self_anchored`: the evaluation helpers weigh a single model with asft's and psft's configs (KL 0: DFT's
+  weights; r = 1: SFT's)."""
+  h, w, _, _, targets, mask = _problem(seed=7)
+  z = h @ w
+  for name, twin in (("asft", "dft"), ("psft", "sft")):
+    config = loss_config(name=name)
+    ours = losses.token_weights(z, targets, mask, config, **losses.self_anchored(z, targets, mask, config))
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(losses.token_weights(z, targets, mask,
+                                                                                  loss_config(name=twin))),
+                               rtol=1e-6, err_msg=name)
+  assert losses.self_anchored(z, targets, mask, loss_config(name="ranktuner")) == {}

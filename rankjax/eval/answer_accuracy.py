@@ -32,12 +32,14 @@ def make_teacher_forced_aux(model, loss_config):
   """Returns aux(params, batch) -> dict: the loss aux scalars (mean RankTuner weight, NLL in nats per token, rank,
   ...) of `params` on one batch of arrays [b, T] (inputs, targets, loss_mask, segment_ids, positions), without
   training; the aux's arrays (`loss_config.histograms`, `dump_tokens`) are left out. One compiled program serves
-  every `params` of the same shapes (e.g. each model the demo evaluates)."""
+  every `params` of the same shapes (e.g. each model the demo evaluates). A scheme that reads an anchor model (asft,
+  psft) is evaluated against the model itself (`losses.self_anchored`)."""
   @jax.jit
   def run(params, batch):
     head = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"], return_hidden=losses.wants_hidden(loss_config))
-    return losses.head_loss(head, batch["targets"], batch["loss_mask"], loss_config)[1]
+    anchored = losses.self_anchored(head, batch["targets"], batch["loss_mask"], loss_config)
+    return losses.head_loss(head, batch["targets"], batch["loss_mask"], loss_config, **anchored)[1]
 
   def aux(params, batch: dict) -> dict:
     values = jax.device_get(run(params, jax.tree.map(jnp.asarray, batch)))

@@ -16,13 +16,15 @@ from rankjax.data.pipeline import example_batch
 def token_table(model, params, formatter: Formatter, record: dict, loss_config, seq_len: int = 256) -> list[dict]:
   """One row per supervised target token of `record` (a canonical record, formatted as training formats it):
   token text, p_t, log p_t (nats), entropy (bits), rank R_t, expected rank E[R_t] and the weight of
-  `loss_config` (stop-gradient)."""
+  `loss_config` (stop-gradient; a scheme that reads an anchor model is weighed against the model itself,
+  `losses.self_anchored`)."""
   tokenizer = formatter.tokenizer
   batch = {k: jnp.asarray(v) for k, v in example_batch([record], formatter, seq_len).items()}
   logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"])
   stats = losses.token_stats(logits, batch["targets"])
-  weights = losses.token_weights(logits, batch["targets"], batch["loss_mask"], loss_config)
+  weights = losses.token_weights(logits, batch["targets"], batch["loss_mask"], loss_config,
+                                 **losses.self_anchored(logits, batch["targets"], batch["loss_mask"], loss_config))
   stats, weights, mask, targets = jax.device_get((stats, weights, batch["loss_mask"], batch["targets"]))
   rows = []
   for t in np.flatnonzero(mask[0] > 0):

@@ -21,12 +21,12 @@ from rankjax.losses.inputs import check_mask, check_targets
 from rankjax.losses.reduction import BatchContext, accumulate_aux, batch_context
 from rankjax.losses.weighted_loss import token_weights, weighted_loss
 from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
-from rankjax.losses.head_loss import head_log_prob, head_loss, wants_hidden, whole_batch_context
+from rankjax.losses.head_loss import head_log_prob, head_loss, self_anchored, wants_hidden, whole_batch_context
 from rankjax.losses.weights import ranktuner_weight, talr_context
 
 __all__ = [
     "SCHEMES", "Scheme", "StatNeeds", "WeightArgs", "register", "unregister", "default_config", "validate_config",
     "TokenStats", "token_stats", "BatchContext", "accumulate_aux", "batch_context", "check_mask", "check_targets",
     "token_weights", "weighted_loss", "ranktuner_weight", "talr_context", "linear_token_stats",
-    "linear_weighted_loss", "head_loss", "head_log_prob", "wants_hidden", "whole_batch_context",
+    "linear_weighted_loss", "head_loss", "head_log_prob", "self_anchored", "wants_hidden", "whole_batch_context",
 ]

@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from rankjax.losses import global_reduce
+from rankjax.losses import global_reduce, registry
 from rankjax.losses.config import needs_batch_log_probs, validate_config
 from rankjax.losses.fused import linear_token_stats, linear_weighted_loss
 from rankjax.losses.stats import token_stats
@@ -78,6 +78,19 @@ def head_log_prob(head, targets, mask, config) -> jax.Array:
     stats = linear_token_stats(hidden, kernel, targets, config.token_chunk, mask=mask, vocab_chunk=config.vocab_chunk,
                                compact=config.compact_tokens, **LOG_PROB_ONLY)[0]
   return jax.lax.stop_gradient(stats.log_prob)
+
+
+def self_anchored(head, targets, mask, config) -> dict:
+  """Keyword arguments (`inputs`, `anchor`) of `head_loss` / `token_weights` that make a scheme's anchor model the
+  model itself (`Scheme.anchor`): how one model is evaluated or inspected without a second one. asft's KL is then 0
+  and its weight DFT's; psft's ratio is 1 and its weight 1 (SFT's). Empty for schemes without an anchor."""
+  scheme = registry.get(config.name)
+  out = {}
+  if registry.ANCHOR_LOG_PROB in scheme.inputs:
+    out["inputs"] = {registry.ANCHOR_LOG_PROB: head_log_prob(head, targets, mask, config)}
+  if scheme.anchor_kl:
+    out["anchor"] = jax.tree.map(jax.lax.stop_gradient, head)
+  return out
 
 
 def whole_batch_context(head_fn: Callable[[dict], object], batch: dict, config,

@@ -4,7 +4,7 @@ Every loss (dense `weighted_loss`, fused `linear_weighted_loss`, `head_loss`, th
 evaluation and diagnostics) and the config (`default_config`, `validate_config`, `stats_options`) read
 a scheme only through its `Scheme` entry here; none of them dispatches on a scheme's name (the aux's
 diagnostics report RankTuner's weight and scale for every run, `rankjax.losses.reduction`). The built-in
-entries (sft, dft, talr, eaft, ranktuner) are in `rankjax.losses.schemes`.
+entries (sft, dft, talr, eaft, ranktuner, prob_power, asft, psft) are in `rankjax.losses.schemes`.
 
 How to add a scheme (one file, `rankjax/losses/schemes.py`, plus its tests):
 
@@ -26,7 +26,7 @@ How to add a scheme (one file, `rankjax/losses/schemes.py`, plus its tests):
      gradient-accumulation micro-steps (a forward-only pre-pass); `batch_aux` names scalars of it that go
      to the aux.
    - `inputs`: names of extra per-token arrays [..., T] the caller passes (`inputs={"ref_log_prob": ...}`
-     to `weighted_loss`, `linear_weighted_loss`, `head_loss`), e.g. a reference model's log p_t; positions
+     to `weighted_loss`, `linear_weighted_loss`, `head_loss`), e.g. psft's old-policy log p_t; positions
      off the mask are zeroed before the weight sees them.
    - `token_loss(log_prob, args)`: a per-token term added to w_t (-log p_t) before the reduction, for
      objectives that are not a reweighted cross-entropy (a KL penalty, a clipped ratio); it may be

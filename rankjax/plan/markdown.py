@@ -35,10 +35,11 @@ def render(plan: dict) -> str:
               "it). Use a micro-batch that is a multiple of data * fsdp.", ""]
   lines += ["| per chip | GiB |", "|---|---:|"]
   for key, label in (("parameters", "parameters (trained)"), ("frozen_base", "frozen base (LoRA)"),
+                     ("anchor", "anchor model (asft's initial weights, psft's old policy)"),
                      ("optimizer_state", "optimizer state"), ("batch", "batch"),
                      ("outputs_new", "outputs (not aliased)"), ("temporaries", "temporaries"), ("code", "code"),
                      ("peak", "**peak**"), ("hbm", "HBM"), ("margin", "margin")):
-    if key == "frozen_base" and not m.get(key):
+    if key in ("frozen_base", "anchor") and not m.get(key):
       continue
     lines.append(f"| {label} | {_g(m[key])} |")
   r = t["roofline"]

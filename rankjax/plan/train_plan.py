@@ -135,14 +135,16 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
   inputs = train_state_layout.abstract_step_inputs(config, mesh, batch_sharding)
   step = train_state_layout.jit_train_step(config, model, shardings, mesh)
   frozen = train_state_layout.abstract_frozen(config, model, mesh)  # LoRA's base (QLoRA: quantised), None without
+  # asft without LoRA: the initial parameters, a second frozen copy placed like the params
+  anchor = state.params if train_state_layout.needs_initial_anchor(config, model) else None
   t0 = time.perf_counter()
-  lowered = step.lower(state, *inputs, frozen)
+  lowered = step.lower(state, *inputs, frozen, anchor)
   t1 = time.perf_counter()
   try:
     with without_persistent_cache():
       compiled = lowered.compile()
   except Exception as e:  # XLA:TPU refuses a program that cannot fit HBM
-    excess = oom_excess(str(e), memory.per_device_bytes((state, inputs[0], frozen)))
+    excess = oom_excess(str(e), memory.per_device_bytes((state, inputs[0], frozen, anchor)))
     if excess is None:
       raise
     raise DoesNotFit(_advice(config, topology, excess)) from e
@@ -158,6 +160,10 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
   per_chip = {
       "parameters": memory.per_device_bytes(state.params),
       "frozen_base": memory.per_device_bytes(frozen) if frozen is not None else 0,
+      # asft's initial parameters (full fine-tuning) or psft's old-policy snapshot: the anchor model's weights
+      "anchor": (memory.per_device_bytes(anchor) if anchor is not None else 0)
+                + (memory.per_device_bytes(state.anchor_params) if getattr(state, "anchor_params", None) is not None
+                   else 0),
       "optimizer_state": memory.per_device_bytes(state.opt_state),
       "batch": memory.per_device_bytes(inputs[0]),
       "outputs_new": mem["outputs_new"],

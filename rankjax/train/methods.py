@@ -1,7 +1,7 @@
 """Named fine-tuning methods: a loss scheme plus the loss-config fields that make it a variant.
 
-A method name is a scheme of `rankjax.losses.SCHEMES` ("sft", "dft", "talr", "eaft", "ranktuner": exact form,
-probability base) or one of the RankTuner variants below. Experiments and the demo take comma lists of them.
+A method name is a scheme of `rankjax.losses.SCHEMES` ("sft", "dft", "talr", "eaft", "prob_power", "asft", "psft",
+"ranktuner": exact form, probability base) or one of the RankTuner variants below. Experiments and the demo take comma lists of them.
 """
 
 from __future__ import annotations
