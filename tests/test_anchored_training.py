@@ -112,3 +112,11 @@ def test_asft_relaunch_on_other_initial_weights_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"anchored on init_from='.*', and the initial parameters loaded now "
                                        r"\(init_from=''\) differ"):
     loop.train(tiny_run_config(**{"loss.name": "asft", "total_steps": 6}), workdir)
+
+
+def test_psft_resume_of_a_checkpoint_without_snapshot_is_named(tmp_path):
+  """The shared 3-step run trained RankTuner: relaunched as psft, its checkpoint has no old policy to resume from."""
+  workdir = shared_runs.copy_of_three_steps(tmp_path)
+  with pytest.raises(RuntimeError, match=r"checkpoint at .*/3 holds no old-policy snapshot \(anchor_params/\), which "
+                                         r"this run's loss \(psft\) needs"):
+    loop.train(tiny_run_config(**{"loss.name": "psft", "total_steps": 6}), workdir)
