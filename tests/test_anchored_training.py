@@ -40,9 +40,10 @@ def _run_steps(config, model, mesh, batch, steps: int, spec=None):
   return states, metrics
 
 
-# asft fully fine-tuned on (4, 2, 1) (FSDP; the fused loss under shard_map with the anchor's rows split like the
-# model's); psft with LoRA on (2, 2, 2) (the snapshot holds adapters only, split over "tensor" as they are).
-@pytest.mark.parametrize("name, spec, mesh_shape", [("asft", None, (4, 2, 1)), ("psft", SPEC, (2, 2, 2))])
+# psft fully fine-tuned on (4, 2, 1) (FSDP; the fused loss under shard_map with the old policy's log-probs split like
+# the rows; the snapshot sharded like the params); asft with LoRA on (2, 2, 2) (the anchor is the base with B = 0
+# adapters; XLA's partitioning with "tensor"). asft's KL under shard_map: tests/test_losses_anchored.py.
+@pytest.mark.parametrize("name, spec, mesh_shape", [("psft", None, (4, 2, 1)), ("asft", SPEC, (2, 2, 2))])
 def test_sharded_steps_equal_single_device(name, spec, mesh_shape):
   config = tiny_run_config(**{"loss.name": name, "loss.psft_refresh_steps": 2, "loss.asft_beta": 0.5})
   model = models.build_model(config.model, spec)
