@@ -123,34 +123,37 @@ def check_resumed_lora_rank(config, workdir: str) -> None:
                       "new --workdir")
 
 
+def _check_fingerprint(meta: dict, key: str, current: dict, workdir: str, absent: str, saved_as: str,
+                       loaded_as: str) -> None:
+  """Raises ValueError when `meta[key]` (a checkpoint's {"init_from", "fingerprint"} of frozen weights) is missing
+  (`absent` says what that means) or differs from `current`, the weights loaded now; `saved_as` and `loaded_as` name
+  the two sides in the message, each followed by its init_from."""
+  saved = meta.get(key)
+  if saved is None:
+    raise ValueError(f"{workdir}: its checkpoint (step {meta.get('step')}) {absent}, or use a new workdir")
+  differ = lora.fingerprint_differences(saved["fingerprint"], current["fingerprint"])
+  if differ:
+    raise ValueError(f"{workdir}: {saved_as.format(step=meta.get('step'))} init_from={saved['init_from']!r}, and "
+                     f"{loaded_as} (init_from={current['init_from']!r}): {len(differ)} of "
+                     f"{len(current['fingerprint'])} tensors differ, e.g. {differ[0]}. Resume with the original "
+                     "init_from, or use a new workdir.")
+
+
 def check_lora_base(meta: dict, current: dict, workdir: str) -> None:
   """Raises ValueError when the checkpoint in `workdir` (its `meta`) was trained on another frozen base than the one
   loaded now (`current`: {"init_from", "fingerprint"})."""
-  saved = meta.get("lora_base")
-  if saved is None:
-    raise ValueError(f"{workdir}: its checkpoint (step {meta.get('step')}) holds no LoRA base fingerprint, so it was "
-                     "not written by a LoRA run; resume it with config.lora.rank=0, or use a new workdir")
-  differ = lora.fingerprint_differences(saved["fingerprint"], current["fingerprint"])
-  if differ:
-    raise ValueError(f"{workdir}: its adapters (step {meta.get('step')}) were trained on the base "
-                     f"init_from={saved['init_from']!r}, and the base loaded now (init_from={current['init_from']!r}) "
-                     f"differs in {len(differ)} of {len(current['fingerprint'])} tensors, e.g. {differ[0]}. Resume "
-                     "with the original init_from, or use a new workdir.")
+  _check_fingerprint(meta, "lora_base", current, workdir,
+                     "holds no LoRA base fingerprint, so it was not written by a LoRA run; resume it with "
+                     "config.lora.rank=0", "its adapters (step {step}) were trained on the base",
+                     "the base loaded now")
 
 
 def check_anchor(meta: dict, current: dict, workdir: str) -> None:
   """Raises ValueError when the checkpoint in `workdir` (its `meta`) was trained against another anchor (asft's
   initial parameters) than the one loaded now (`current`: {"init_from", "fingerprint"})."""
-  saved = meta.get("anchor")
-  if saved is None:
-    raise ValueError(f"{workdir}: its checkpoint (step {meta.get('step')}) holds no anchor fingerprint, so it was not "
-                     "written by an asft run: resume it with its own loss.name, or use a new workdir")
-  differ = lora.fingerprint_differences(saved["fingerprint"], current["fingerprint"])
-  if differ:
-    raise ValueError(f"{workdir}: its asft run (step {meta.get('step')}) anchored on init_from={saved['init_from']!r}, "
-                     f"and the initial parameters loaded now (init_from={current['init_from']!r}) differ in "
-                     f"{len(differ)} of {len(current['fingerprint'])} tensors, e.g. {differ[0]}. Resume with the "
-                     "original init_from, or use a new workdir.")
+  _check_fingerprint(meta, "anchor", current, workdir,
+                     "holds no anchor fingerprint, so it was not written by an asft run; resume it with its own "
+                     "loss.name", "its asft run (step {step}) anchored on", "the initial parameters loaded now")
 
 
 def export(config, workdir: str, model, params, frozen, init: models.InitFrom, tokenizer) -> None:
