@@ -70,9 +70,11 @@ def test_asft_first_step_is_dfts_and_psft_refreshed_every_step_is_sft():
   """At step 0 the anchor is the model itself: KL 0 and its gradient 0, so asft's first update is DFT's. With
   psft_refresh_steps = 1 the old policy is always the current one: r = 1, SFT's updates, step after step."""
   batch = _batch(np.random.default_rng(2), 2, 4, 16, tiny_run_config().model.vocab_size)
-  (asft, m_asft), (dft, _) = (_single_device_run({"loss.name": n, "loss.asft_beta": 1.0}, 1, batch)
-                              for n in ("asft", "dft"))
-  assert abs(float(m_asft["mean_token_loss"])) < 1e-6
+  (asft, m_asft), (dft, _) = (_single_device_run({"loss.name": n, "loss.asft_beta": 1.0, "loss.histograms": True,
+                                                  "loss.dump_tokens": 1}, 1, batch) for n in ("asft", "dft"))
+  assert abs(float(m_asft["mean_token_loss"])) < 1e-6 and abs(float(m_asft["mean_anchor_kl"])) < 1e-6
+  # the KL per token reaches the histograms and the token dump
+  assert int(np.sum(m_asft["hist/anchor_kl/counts"])) == int(m_asft["tokens"]) and "dump/anchor_kl" in m_asft
   _assert_trees_close(asft[-1].params, dft[-1].params, rtol=1e-5, atol=1e-7)
   (psft, m_psft), (sft, m_sft) = (_single_device_run({"loss.name": n, "loss.psft_refresh_steps": 1}, 3, batch)
                                   for n in ("psft", "sft"))

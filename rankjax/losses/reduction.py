@@ -99,7 +99,8 @@ def _ranktuner_weight(stats: TokenStats, log_scale, config):
 def _per_token(stats: TokenStats, w, scale) -> dict:
   """The per-token statistics the histograms and dumps show, by GRIDS name (missing ones left out)."""
   out = {"weight": w, "prob": jnp.exp(jax.lax.stop_gradient(stats.log_prob)), "entropy_bits": stats.entropy_bits,
-         "rank": stats.rank, "expected_rank": stats.expected_rank, "relative_scale": scale}
+         "rank": stats.rank, "expected_rank": stats.expected_rank, "relative_scale": scale,
+         "anchor_kl": None if stats.anchor_kl is None else jax.lax.stop_gradient(stats.anchor_kl)}
   return {k: v for k, v in out.items() if v is not None}
 
 
@@ -130,6 +131,8 @@ def _aux(stats: TokenStats, w, nll, mask, config, axis_name, context, targets=No
   }
   if token_loss is not None:
     aux["mean_token_loss"] = mean(token_loss)
+  if stats.anchor_kl is not None:
+    aux["mean_anchor_kl"] = mean(jax.lax.stop_gradient(stats.anchor_kl))
   if stats.rank is not None:
     aux["mean_rank"] = mean(stats.rank.astype(jnp.float32))
     aux["frac_rank1"] = mean((stats.rank == 1).astype(jnp.float32))

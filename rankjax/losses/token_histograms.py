@@ -48,7 +48,8 @@ class Grid:
 
 
 # What each histogram shows, and its grid. weight: w_t of the run's scheme (0 off the mask is not counted);
-# prob: p_t; entropy_bits: H_t (bits); rank: R_t; expected_rank: E[R_t]; relative_scale: RankTuner's S_t.
+# prob: p_t; entropy_bits: H_t (bits); rank: R_t; expected_rank: E[R_t]; relative_scale: RankTuner's S_t;
+# anchor_kl: KL(p_anchor || p) in nats (asft).
 GRIDS = {
     "weight": Grid("log2", -30.0, 20.0, 1000),
     "prob": Grid("linear", 0.0, 1.0, 200),
@@ -56,6 +57,7 @@ GRIDS = {
     "rank": Grid("log2", 0.0, 24.0, 480),
     "expected_rank": Grid("log2", 0.0, 24.0, 480),
     "relative_scale": Grid("log2", -24.0, 24.0, 960),
+    "anchor_kl": Grid("log2", -30.0, 6.0, 720),
 }
 
 

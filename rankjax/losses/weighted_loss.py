@@ -90,7 +90,8 @@ def weighted_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, config
     for reweighted cross-entropy, the exact derivative of the global loss; whether parameter gradients
     still need a psum over devices depends on the mapping: see `rankjax.losses.global_reduce`. `aux` holds
     stop-gradient scalars: tokens, mean_weight, max_weight, frac_weight_gt1, mean_nll (nats), mean_prob, the
-    scheme's whole-batch constants (talr_tau), mean_token_loss (schemes with a `token_loss`), and those of
+    scheme's whole-batch constants (talr_tau), mean_token_loss (schemes with a `token_loss`), mean_anchor_kl (nats,
+    schemes with an anchor's KL), and those of
     the statistics computed (`stats_options`: all with `config.diagnostics`): mean_rank, frac_rank1,
     mean_entropy_bits (bits), mean_expected_rank, mean_ranktuner_weight; with
     `config.histograms`, the "hist/<statistic>/{counts,min,max,sum,sum_sq}" of

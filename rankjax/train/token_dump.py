@@ -12,7 +12,7 @@ from rankjax.rundir import atomic
 
 DUMP_DIR = "token_dumps"
 # Fields of a record beyond step/sequence/position/token: units are probabilities, bits and ranks (1 = top).
-STATISTICS = ("prob", "entropy_bits", "rank", "expected_rank", "relative_scale", "weight")
+STATISTICS = ("prob", "entropy_bits", "rank", "expected_rank", "relative_scale", "weight", "anchor_kl")
 
 
 def split_dump(metrics: dict) -> tuple[dict, dict]:
@@ -28,8 +28,8 @@ def dump_path(workdir: str, step: int) -> str:
 def token_records(step: int, dump: dict, decode) -> list[dict]:
   """One record per supervised token of the dumped rows: step, sequence (row), position, token_id, token
   (`decode([id])`), prob (p_t), log_prob (nats), entropy_bits (H_t, bits), rank (R_t), expected_rank (E[R_t]),
-  relative_scale (RankTuner's S_t), weight (w_t of the run's scheme); a statistic the run did not compute is
-  absent."""
+  relative_scale (RankTuner's S_t), weight (w_t of the run's scheme), anchor_kl (asft's KL(p_ref || p), nats); a
+  statistic the run did not compute is absent."""
   mask = np.asarray(dump["mask"]) > 0
   targets = np.asarray(dump["target"])
   present = [s for s in STATISTICS if s in dump]
