@@ -120,12 +120,16 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
 
   def loss_of_head(head_out, micro, context, diagnose, anchor_out=None):
     axes = _local_loss_axes(mesh, loss_config, return_hidden, micro["targets"].shape[0])
-    inputs, anchor_head = anchor_parts(anchor_out, micro)
     if axes is None:
+      inputs, anchor_head = anchor_parts(anchor_out, micro)
       return losses.head_loss(head_out, micro["targets"], micro["loss_mask"], loss_config, context=context,
                               diagnose=diagnose, kernel_grad=kernel_grad, inputs=inputs, anchor=anchor_head)
 
-    def local(hidden, kernel, targets, mask, context, diagnose, inputs, anchor_head):
+    def local(hidden, kernel, targets, mask, context, diagnose, anchor_out):
+      # The anchor's statistics per device too: left to XLA, psft's old-policy log-probs ran the chunk loop
+      # replicated and all-reduced every chunk's logits (Qwen2.5-Math-7B on v5p-8, `python -m rankjax.plan`: 368 GiB
+      # of all-reduce per step and chip; 67 here, as for every other scheme).
+      inputs, anchor_head = anchor_parts(anchor_out, {"targets": targets, "loss_mask": mask})
       loss, aux = losses.head_loss((hidden, kernel), targets, mask, loss_config, context=context, diagnose=diagnose,
                                    axis_name=axes, kernel_grad=kernel_grad, inputs=inputs, anchor=anchor_head)
       # `loss` is the global-batch loss in value and this device's share in gradient (`reduction.reduce_loss`):
@@ -134,11 +138,9 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
       aux = dict(aux, loss=jax.lax.pmean(aux["loss"], axes)) if "loss" in aux else aux
       return jax.lax.psum(loss, axes), aux
     rows = P(axes)
-    inputs_spec = None if inputs is None else {k: rows for k in inputs}
-    anchor_spec = None if anchor_head is None else (rows, P())
-    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P(), inputs_spec, anchor_spec),
-                         out_specs=P())(*head_out, micro["targets"], micro["loss_mask"], context, diagnose, inputs,
-                                        anchor_head)
+    anchor_spec = None if anchor_out is None else (rows, P())
+    return jax.shard_map(local, mesh=mesh, in_specs=(rows, P(), rows, rows, P(), P(), anchor_spec),
+                         out_specs=P())(*head_out, micro["targets"], micro["loss_mask"], context, diagnose, anchor_out)
 
   def anchor_params_of(state, frozen, anchor):
     """The anchor model's parameters in `head`'s form (adapters alone under LoRA), or None without an anchor."""
@@ -174,16 +176,24 @@ def make_train_step(model, loss_config, schedule: optax.Schedule, mesh=None, dro
 
     anchor_params = anchor_params_of(state, frozen, anchor)
 
-    def micro_loss(params, micro, context, index):
-      anchor_out = None
-      if anchor_params is not None:
-        anchor_out = jax.lax.stop_gradient(head(anchor_params, micro, frozen))
+    def micro_loss(params, micro, context, index, anchor_out):
       return loss_of_head(head(params, micro, frozen, dropout_key(index)), micro, context, diagnose, anchor_out)
 
     batch = {k: batch[k] for k in BATCH_KEYS}
     params = state.params
     context = losses.whole_batch_context(lambda micro: head(params, micro, frozen), batch, loss_config)
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)  # argument 0: the adapters alone under LoRA
+    value_and_grad = jax.value_and_grad(micro_loss, has_aux=True)  # argument 0: the adapters alone under LoRA
+
+    def grad_fn(params, micro, context, index):
+      if anchor_params is None:
+        return value_and_grad(params, micro, context, index, None)
+      # The anchor model's forward pass, outside differentiation, and finished before the model's own starts: left
+      # to overlap, XLA:TPU kept the two models' temporaries alive together (Qwen2.5-Math-7B on v5p-8, asft,
+      # `python -m rankjax.plan`: temporaries 37.00 GiB without the barrier, 24.98 with it; psft 36.00 and 24.73).
+      anchor_out = head(anchor_params, micro, frozen)
+      anchor_out, params = jax.lax.optimization_barrier((anchor_out, params))
+      return value_and_grad(params, micro, context, index, anchor_out)
+
     first = jax.tree.map(lambda x: x[0], batch)
     (_, aux0), grads0 = grad_fn(params, first, context, 0)
     grads0 = like_params(grads0)
