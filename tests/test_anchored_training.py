@@ -1,7 +1,7 @@
 """The train step and run of the schemes that read a second model (asft: the initial weights, or a LoRA run's base;
 psft: an old-policy snapshot in the state, refreshed every psft_refresh_steps): sharded == single device, asft's first
-step is DFT's, psft refreshed every step is SFT, the snapshot's refresh schedule, resume == uninterrupted (the
-snapshot is checkpointed), and a resumed asft run that would anchor on other weights is refused. The losses themselves:
+step is DFT's, the snapshot's refresh schedule, resume == uninterrupted (the snapshot is checkpointed), and a resumed
+run that would anchor on other weights, or has no snapshot, is refused. The losses themselves:
 tests/test_losses_anchored.py."""
 
 import os
@@ -66,9 +66,9 @@ def _single_device_run(overrides, steps, batch):
   return _run_steps(config, models.build_model(config.model), mesh, batch, steps)
 
 
-def test_asft_first_step_is_dfts_and_psft_refreshed_every_step_is_sft():
-  """At step 0 the anchor is the model itself: KL 0 and its gradient 0, so asft's first update is DFT's. With
-  psft_refresh_steps = 1 the old policy is always the current one: r = 1, SFT's updates, step after step."""
+def test_asft_first_step_is_dfts():
+  """At step 0 the anchor is the model itself: KL 0 and its gradient 0, so asft's first update is DFT's. (psft with the
+  old policy equal to the current one is SFT: tests/test_losses_anchored.py; its snapshot's schedule: below.)"""
   batch = _batch(np.random.default_rng(2), 2, 4, 16, tiny_run_config().model.vocab_size)
   (asft, m_asft), (dft, _) = (_single_device_run({"loss.name": n, "loss.asft_beta": 1.0, "loss.histograms": True,
                                                   "loss.dump_tokens": 1}, 1, batch) for n in ("asft", "dft"))
@@ -76,12 +76,6 @@ def test_asft_first_step_is_dfts_and_psft_refreshed_every_step_is_sft():
   # the KL per token reaches the histograms and the token dump
   assert int(np.sum(m_asft["hist/anchor_kl/counts"])) == int(m_asft["tokens"]) and "dump/anchor_kl" in m_asft
   _assert_trees_close(asft[-1].params, dft[-1].params, rtol=1e-5, atol=1e-7)
-  (psft, m_psft), (sft, m_sft) = (_single_device_run({"loss.name": n, "loss.psft_refresh_steps": 1}, 3, batch)
-                                  for n in ("psft", "sft"))
-  _assert_trees_close(psft[-1].params, sft[-1].params, rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(float(m_psft["loss"]), float(m_sft["loss"]), rtol=1e-6)
-  np.testing.assert_allclose(float(m_psft["mean_weight"]), 1.0, rtol=1e-6)
-  _assert_trees_close(psft[-1].anchor_params, psft[-1].params, rtol=0, atol=0)
 
 
 def test_psft_run_resumes_its_snapshot_exactly(tmp_path):
@@ -107,14 +101,19 @@ def test_psft_run_resumes_its_snapshot_exactly(tmp_path):
 
 
 def test_asft_relaunch_on_other_initial_weights_is_refused(tmp_path):
-  """An asft run from the shared 3-step base, relaunched with init_from pointing elsewhere (a random initialisation):
-  its anchor would change mid-run, so the relaunch names both."""
-  workdir = str(tmp_path / "asft")
-  loop.train(tiny_run_config(**{"loss.name": "asft", "init_from": shared_runs.three_steps(), "total_steps": 3}),
-             workdir)
-  with pytest.raises(ValueError, match=r"anchored on init_from='.*', and the initial parameters loaded now "
-                                       r"\(init_from=''\): \d+ of \d+ tensors differ"):
+  """A relaunch whose anchor (the initial weights) is not the one the checkpoint was trained against is refused: a
+  workdir of another loss (the shared 3-step RankTuner run) has no anchor fingerprint; a changed init_from differs."""
+  workdir = shared_runs.copy_of_three_steps(tmp_path)
+  with pytest.raises(ValueError, match=r"checkpoint \(step 3\) holds no anchor fingerprint, so it was not written by "
+                                       r"an asft run"):
     loop.train(tiny_run_config(**{"loss.name": "asft", "total_steps": 6}), workdir)
+  saved = {"init_from": "/runs/base", "fingerprint": {"embed": [0.0, 1.0], "head": [0.5, 2.0]}}
+  now = {"init_from": "", "fingerprint": {"embed": [0.0, 1.0], "head": [0.1, 2.0]}}
+  loop.check_anchor({"step": 3, "anchor": saved}, saved, "W")
+  with pytest.raises(ValueError, match=r"W: its asft run \(step 3\) anchored on init_from='/runs/base', and the "
+                                       r"initial parameters loaded now \(init_from=''\): 1 of 2 tensors differ, e.g. "
+                                       r"head: \[mean, rms\] \[0.5, 2.0\] when saved vs \[0.1, 2.0\] now"):
+    loop.check_anchor({"step": 3, "anchor": saved}, now, "W")
 
 
 def test_psft_resume_of_a_checkpoint_without_snapshot_is_named(tmp_path):
