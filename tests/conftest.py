@@ -175,6 +175,26 @@ def pytest_collection_modifyitems(config, items):
   if drop:
     config.hook.pytest_deselected(items=drop)
     items[:] = keep
+  _apply_xdist_groups(config, items)
+
+
+def _apply_xdist_groups(config, items) -> None:
+  """Puts each item's xdist_group names into its node id ("...@group"), which is how `--dist loadgroup` sends a group
+  to one worker. pytest-xdist 3.8 writes the suffix to `item._nodeid`, which pytest 9 no longer reads (the id lives in
+  `item._id`), so every xdist_group marker was silently ignored: SmolLM2's 20 s module fixture was built on both
+  workers, and the timing-sensitive multiprocess tests ran side by side. Runs on the workers (where `loadgroup` is
+  set), before xdist's own hook; a no-op where xdist's suffix already took effect."""
+  if not getattr(config.option, "loadgroup", False):
+    return
+  try:
+    from _pytest.nodeid import NodeId  # noqa: PLC0415 (pytest >= 9)
+  except ImportError:
+    return
+  for item in items:
+    names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                    for m in item.iter_markers("xdist_group")})
+    if names and "@" not in item.nodeid and isinstance(getattr(item, "_id", None), NodeId):
+      item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
 
 
 @pytest.fixture(scope="session")
