@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from rankjax.models.errors import ConfigError
 from rankjax.losses import weights
-from rankjax.losses.registry import Scheme, StatNeeds, WeightArgs, check_choice, register
+from rankjax.losses.registry import ANCHOR_LOG_PROB, Scheme, StatNeeds, WeightArgs, check_choice, register
 
 RANKTUNER_FORMS = ("exact", "bound")
 RANKTUNER_BASES = ("prob", "uniform")
@@ -93,7 +93,7 @@ def _asft_validate(config):
 def _psft_weight(args: WeightArgs):
   # r_t = p_t / p_old,t. The gradient of -min(r A, clip(r, 1 - eps, 1 + eps) A) with A = 1 is -r grad log p where
   # r <= 1 + eps and 0 above (A > 0: the lower clip never binds), i.e. the gradient of sg(r 1[r <= 1 + eps]) (-log p).
-  ratio = jnp.exp(args.stats.log_prob - args.inputs["anchor_log_prob"])
+  ratio = jnp.exp(args.stats.log_prob - args.inputs[ANCHOR_LOG_PROB])
   return jnp.where(ratio <= 1.0 + float(args.config.psft_epsilon), ratio, 0.0)
 
 
@@ -135,7 +135,7 @@ BUILTIN = (
            fields={"asft_beta": 0.1}),  # beta, the KL's coefficient (nats of KL per nat of weighted NLL; 0: DFT)
     # Proximal SFT (PSFT, arXiv 2508.17784): PPO's clipped surrogate with advantage 1 against an old-policy snapshot,
     # trained through its gradient-equivalent weight sg(r_t 1[r_t <= 1 + eps]) on -log p_t.
-    Scheme(name="psft", weight=_psft_weight, validate=_psft_validate, inputs=("anchor_log_prob",),
+    Scheme(name="psft", weight=_psft_weight, validate=_psft_validate, inputs=(ANCHOR_LOG_PROB,),
            anchor="snapshot", anchor_refresh=lambda config: int(config.psft_refresh_steps),
            fields={"psft_epsilon": 0.2,  # the clip range eps of r_t = p_t / p_old,t (PPO's usual 0.2; a choice)
                    "psft_refresh_steps": 4}),  # optimizer steps between old-policy refreshes (a choice; 1: SFT)

@@ -108,7 +108,8 @@ def token_stats(logits: jax.Array, targets: jax.Array, with_expected_rank: bool 
   `expected_rank`: "sort" (exact) or "histogram" (O(V), certified interval; `bin_width` and
   `range_nats` in nats, see `rankjax.losses.expected_rank`). `with_entropy`, `with_rank`,
   `with_expected_rank`: whether to compute H_t, R_t, E[R_t] (None otherwise); log p_t and log p_max
-  always. `anchor_logits` [..., T, V] (constant): also KL(p_anchor || p) (`anchor_kl`, nats). With `return_lse`, returns (stats, log-normaliser [..., T] in nats, stop-gradient).
+  always. `anchor_logits` [..., T, V] (constant): also KL(p_anchor || p) (`anchor_kl`, nats). With `return_lse`,
+  returns (stats, log-normaliser [..., T] in nats, stop-gradient).
 
   Passes over each row's V logits: the max; the sum of e = exp(z - max), which also gives log p_max =
   -log sum(e) for free; with_entropy: sum e (z - max) (H = log sum e - sum e (z - max) / sum e, no second

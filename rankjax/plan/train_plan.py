@@ -137,6 +137,7 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
   frozen = train_state_layout.abstract_frozen(config, model, mesh)  # LoRA's base (QLoRA: quantised), None without
   # asft without LoRA: the initial parameters, a second frozen copy placed like the params
   anchor = state.params if train_state_layout.needs_initial_anchor(config, model) else None
+  anchor_weights = anchor if anchor is not None else getattr(state, "anchor_params", None)  # or psft's snapshot
   t0 = time.perf_counter()
   lowered = step.lower(state, *inputs, frozen, anchor)
   t1 = time.perf_counter()
@@ -161,9 +162,7 @@ def plan_train(config, topology: Topology, devices, mfu: float = 0.4) -> dict:
       "parameters": memory.per_device_bytes(state.params),
       "frozen_base": memory.per_device_bytes(frozen) if frozen is not None else 0,
       # asft's initial parameters (full fine-tuning) or psft's old-policy snapshot: the anchor model's weights
-      "anchor": (memory.per_device_bytes(anchor) if anchor is not None else 0)
-                + (memory.per_device_bytes(state.anchor_params) if getattr(state, "anchor_params", None) is not None
-                   else 0),
+      "anchor": memory.per_device_bytes(anchor_weights) if anchor_weights is not None else 0,
       "optimizer_state": memory.per_device_bytes(state.opt_state),
       "batch": memory.per_device_bytes(inputs[0]),
       "outputs_new": mem["outputs_new"],

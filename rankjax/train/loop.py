@@ -207,11 +207,11 @@ def _train(config, workdir: str, model, data, init: models.InitFrom, tokenizer, 
   frozen, fingerprint = (train_state_layout.load_frozen(config, model, mesh, init) if model.lora is not None
                          else (None, None))
   extra_meta = {} if frozen is None else {"lora_base": {"init_from": config.init_from, "fingerprint": fingerprint}}
-  # asft without LoRA: the initial parameters, a second frozen copy next to the trained ones (re-read on resume and
-  # checked against the fingerprint the checkpoint holds).
+  # asft without LoRA: the initial parameters, a second frozen copy next to the trained ones (on resume create_state
+  # has read init_from again; the copy is checked against the fingerprint the checkpoint holds).
   anchor = None
-  if train_state_layout.needs_initial_anchor(config, model):
-    anchor = train_state_layout.load_base(config, model, mesh, init)
+  if train_state_layout.needs_initial_anchor(config, model):  # the fresh state's params, before any restore
+    anchor = train_state_layout.copy_params(state.params, state_shardings.params)
     extra_meta["anchor"] = {"init_from": config.init_from, "fingerprint": lora.fingerprint(anchor)}
   extra_meta = extra_meta or None
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints, config.checkpoint_async)

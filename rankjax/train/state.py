@@ -135,6 +135,12 @@ def load_frozen(config, model, mesh: Mesh, init: models.InitFrom | None = None):
   return frozen, fingerprint
 
 
+def copy_params(params, shardings):
+  """A copy of `params` in new buffers placed by `shardings`: the step donates the state, and a buffer held twice (by
+  the params and by an anchor) cannot be donated."""
+  return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(params)
+
+
 def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None) -> train_state.TrainState:
   """Fresh TrainState placed on `mesh` by `state_shardings`, step 0: params from config.seed, or from `init` (an HF
   checkpoint or another run's workdir; default: resolved from config.init_from), and their optimizer state. With
@@ -150,8 +156,7 @@ def create_state(config, model, mesh: Mesh, init: models.InitFrom | None = None)
   else:
     params = load_base(config, model, mesh, init)
   opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
-  # A copy, not the same buffers: the step donates the state, and one buffer cannot be donated twice.
-  anchor = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(params) if snapshot else None
+  anchor = copy_params(params, shardings.params) if snapshot else None
   return RunState(step=jax.device_put(jnp.zeros((), jnp.int32), shardings.step), apply_fn=model.apply, params=params,
                   tx=tx, opt_state=opt_state, anchor_params=anchor)
 
